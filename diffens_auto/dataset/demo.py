@@ -1,0 +1,290 @@
+"""The synthetic demo dataset `DatasetXXX_DemoBrain`: multi-contrast brain phantoms, each sampled on its own grid.
+
+Defaults (small enough that the tiny pipeline trains on a CPU): 10 cases, a field of view of 48 x 48 x 48 voxels
+of 1.5 mm (72 mm; the head, a miniature brain about 45-55 mm long, keeps >= 2 voxels + 1 mm of background on
+every side), Rician noise of 2% of the white-matter-scale signal. Cases cycle through orientations so that even
+the first three cases hold an axis-aligned, an oblique and an anisotropic one:
+
+    orientation  = ("RAS", "LPS", "PIR", "ASL")[i % 4]        letters name where each array axis points
+    oblique      = i % 3 == 1   (rotated 5-25 degrees about a random axis)
+    anisotropic  = i % 5 == 2   (spacing 0.8, 0.8, 1.6 x nominal: e.g. 1.2 x 1.2 x 2.4 mm, thick slices on axis 2)
+
+Every case has a random head centre (non-zero origins), head size, deformation, folding, tumour, bias field and
+channel gains, all drawn from a generator seeded by (seed, case index), so case i does not depend on num_cases.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from diffens_auto.atomic import atomic_path, atomic_write_json
+from diffens_auto.dataset.phantom import (
+    CHANNELS,
+    TISSUES,
+    FourierField,
+    Grid,
+    PhantomCase,
+    render_case,
+    wavelength_to_frequency,
+)
+
+DATASET_NAME = "DemoBrain"
+FILE_ENDING = ".nii.gz"
+DEFAULT_NUM_CASES = 10
+DEFAULT_SHAPE = (48, 48, 48)
+DEFAULT_SPACING = (1.5, 1.5, 1.5)
+DEFAULT_NOISE = 0.02
+
+ORIENTATION_CYCLE = ("RAS", "LPS", "PIR", "ASL")
+ANISOTROPIC_SPACING_FACTORS = (0.8, 0.8, 1.6)
+OBLIQUE_DEGREES = (5.0, 25.0)
+HEAD_AXIS_RATIOS = np.array([0.82, 1.0, 0.78])  # left-right, anterior-posterior, inferior-superior
+DEFORMATION_PER_MM_HEAD = 0.07  # displacement bound as a fraction of the head's largest semi-axis
+MIN_HEAD_SEMI_AXIS_MM = 6.0
+
+# World (LPS) unit vector that an array axis points toward, per orientation letter.
+_LETTER_VECTORS = {
+    "L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0),
+    "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
+    "S": (0.0, 0.0, 1.0), "I": (0.0, 0.0, -1.0),
+}
+_CASE_FILE = re.compile(rf"^{DATASET_NAME}_(\d+)(_\d{{4}})?{re.escape(FILE_ENDING)}$")
+
+
+def dataset_folder_name(dataset_id: int) -> str:
+    """The folder name of the demo dataset with this id, e.g. `Dataset900_DemoBrain`."""
+    return f"Dataset{dataset_id:03d}_{DATASET_NAME}"
+
+
+def case_identifier(index: int) -> str:
+    """The case id of the index-th demo case, e.g. `DemoBrain_000`."""
+    return f"{DATASET_NAME}_{index:03d}"
+
+
+def direction_from_orientation(code: str) -> np.ndarray:
+    """Direction matrix (columns = LPS unit vectors of the array axes) of a code such as "RAS" or "PIR".
+
+    Each letter says where its axis points (nibabel's convention): "RAS" = axis 0 toward the patient's right.
+    """
+    code = code.upper()
+    if len(code) != 3 or sorted(_axis_of(letter) for letter in code) != [0, 1, 2]:
+        raise ValueError(f"Orientation code '{code}' must name each of L/R, P/A, S/I exactly once, e.g. 'RAS'.")
+    return np.array([_LETTER_VECTORS[letter] for letter in code]).T
+
+
+def _axis_of(letter: str) -> int:
+    if letter not in _LETTER_VECTORS:
+        raise ValueError(f"Unknown orientation letter '{letter}'; use L, R, P, A, S or I.")
+    return int(np.argmax(np.abs(_LETTER_VECTORS[letter])))
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation matrix about a unit `axis` by `angle` radians (Rodrigues' formula)."""
+    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
+def sample_demo_case(
+    index: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    noise: float = DEFAULT_NOISE,
+) -> PhantomCase:
+    """Draw the index-th demo case: its grid (orientation kind fixed by `index`) and its random anatomy.
+
+    `shape` and `spacing` are the nominal field of view in world (X = left-right, Y = posterior-anterior,
+    Z = inferior-superior) order; each case covers the same extent with its own spacing and orientation.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    grid, head_centre = _sample_grid(rng, index, np.asarray(shape, float) * np.asarray(spacing, float), spacing)
+    semi_axes = _fit_head(rng, grid, head_centre)
+    scale = float(semi_axes.max())
+    tumour_radius = float(rng.uniform(0.24, 0.34) * scale)
+    return PhantomCase(
+        case_id=case_identifier(index),
+        grid=grid,
+        head_centre=head_centre,
+        head_semi_axes=semi_axes,
+        deformation=FourierField.random(
+            rng, 4, wavelength_to_frequency((1.2 * scale, 3.5 * scale)), DEFORMATION_PER_MM_HEAD * scale, dims=3
+        ),
+        gyri=FourierField.random(rng, 8, (5.0, 10.0), 0.07),
+        sulci=FourierField.random(rng, 8, (5.0, 10.0), 0.08),
+        tumour_centre=head_centre + _sample_tumour_offset(rng, semi_axes, tumour_radius),
+        tumour_radius=tumour_radius,
+        tumour_shape=FourierField.random(rng, 4, (1.5, 3.0), 0.15),
+        texture=FourierField.random(rng, 10, wavelength_to_frequency((6.0, 16.0)), 0.08),
+        bias=FourierField.random(rng, 3, wavelength_to_frequency((90.0, 250.0)), 0.2),
+        channel_gains=np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=len(CHANNELS))),
+        noise=float(noise),
+        noise_seed=int(rng.integers(2**63 - 1)),
+    )
+
+
+def demo_cases(
+    num_cases: int = DEFAULT_NUM_CASES,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    noise: float = DEFAULT_NOISE,
+) -> list[PhantomCase]:
+    """The cases `make_demo_dataset` writes with these arguments (render one on any grid with `render_case`)."""
+    return [sample_demo_case(i, seed, shape, spacing, noise) for i in range(num_cases)]
+
+
+def _sample_grid(rng: np.random.Generator, index: int, fov_mm: np.ndarray, spacing) -> tuple[Grid, np.ndarray]:
+    """The case's own grid (orientation, obliquity, spacing, origin) and its head centre in world mm."""
+    direction = direction_from_orientation(ORIENTATION_CYCLE[index % len(ORIENTATION_CYCLE)])
+    if index % 3 == 1:
+        axis = rng.normal(size=3)
+        angle = np.deg2rad(rng.uniform(*OBLIQUE_DEGREES))
+        direction = _rotation(axis / np.linalg.norm(axis), angle) @ direction
+    nominal = np.full(3, float(np.mean(spacing)))
+    if index % 5 == 2:
+        case_spacing = nominal * np.asarray(ANISOTROPIC_SPACING_FACTORS)
+    else:
+        case_spacing = nominal * rng.uniform(0.95, 1.05)
+    world_axis = np.argmax(np.abs(direction), axis=0)
+    # Nominal spacing may differ per world axis: keep each axis' field of view, not its voxel count.
+    case_spacing = case_spacing * np.asarray(spacing, float)[world_axis] / nominal
+    case_shape = np.maximum(np.round(fov_mm[world_axis] / case_spacing), 1).astype(int)
+    head_centre = rng.uniform(-20.0, 20.0, size=3)
+    grid_centre = head_centre + rng.uniform(-1.0, 1.0, size=3) * min(2.0, 0.03 * float(fov_mm.min()))
+    origin = grid_centre - direction @ (case_spacing * (case_shape - 1) / 2.0)
+    grid = Grid(
+        tuple(int(n) for n in case_shape),
+        tuple(float(s) for s in case_spacing),
+        tuple(float(o) for o in origin),
+        tuple(tuple(float(v) for v in row) for row in direction),
+    )
+    return grid, head_centre
+
+
+def _fit_head(rng: np.random.Generator, grid: Grid, head_centre: np.ndarray) -> np.ndarray:
+    """Head semi-axes (mm) so the deformed head stays >= 2 voxels + 1 mm inside the grid along every grid axis."""
+    direction = grid.direction_matrix
+    spacing = np.asarray(grid.spacing)
+    half_extent = spacing * (np.asarray(grid.shape) - 1) / 2.0
+    offset = np.abs(direction.T @ (head_centre - grid.centre))
+    margin = 2.0 * spacing + 1.0
+    # Half-width of the ellipsoid sum((x_i / a_i)^2) <= 1 along unit vector d is sqrt(sum(a_i^2 d_i^2)).
+    reach = np.sqrt(((HEAD_AXIS_RATIOS[:, None] * direction) ** 2).sum(axis=0))
+    largest = float(np.min((half_extent - offset - margin) / (reach + DEFORMATION_PER_MM_HEAD)))
+    if largest < MIN_HEAD_SEMI_AXIS_MM:
+        raise ValueError(
+            f"The demo field of view {grid.shape} voxels x {grid.spacing} mm is too small for a head with a "
+            "background margin; use a larger shape or spacing (e.g. --shape 48 48 48 --spacing 1.5 1.5 1.5)."
+        )
+    return largest * rng.uniform(0.85, 1.0) * HEAD_AXIS_RATIOS
+
+
+def _sample_tumour_offset(rng: np.random.Generator, semi_axes: np.ndarray, radius: float) -> np.ndarray:
+    """Tumour centre relative to the head centre (mm), deep enough that its solid part stays inside the brain."""
+    unit = rng.normal(size=3)
+    unit /= np.linalg.norm(unit)
+    # Solid part reaches 0.75 radii, lumps add up to 15%; the pial surface is at >= 0.84 of the semi-axes.
+    deepest = 0.82 - 0.75 * 1.15 * radius / float(semi_axes.min())
+    depth = rng.uniform(min(0.2, deepest), deepest)
+    return unit * depth * semi_axes
+
+
+def demo_dataset_json(num_cases: int, description: str = "") -> dict:
+    """The dataset.json of the demo dataset, with its three tasks (sr, mt, both)."""
+    degradation = {"type": "avgpool", "factor": [4, 4, 4]}
+    return {
+        "name": DATASET_NAME,
+        "description": description or "Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo).",
+        "channel_names": {str(c): name for c, name in enumerate(CHANNELS)},
+        "labels": {name: value for value, name in enumerate(TISSUES)},
+        "numTraining": int(num_cases),
+        "file_ending": FILE_ENDING,
+        "tasks": {
+            "sr": {"target": "FLAIR", "inputs": [], "degradation": dict(degradation)},
+            "mt": {"target": "FLAIR", "inputs": ["T1ce"]},
+            "both": {"target": "FLAIR", "inputs": ["T1ce"], "degradation": dict(degradation)},
+        },
+    }
+
+
+def write_case(case: PhantomCase, dataset_folder: str | os.PathLike) -> list[Path]:
+    """Render `case` on its grid and write imagesTr/CASE_000C.nii.gz (float32) and labelsTr/CASE.nii.gz (uint8)."""
+    dataset_folder = Path(dataset_folder)
+    images, labels = render_case(case)
+    written = []
+    for channel, image in enumerate(images):
+        path = dataset_folder / "imagesTr" / f"{case.case_id}_{channel:04d}{FILE_ENDING}"
+        _write_array(image, case.grid, path)
+        written.append(path)
+    label_path = dataset_folder / "labelsTr" / f"{case.case_id}{FILE_ENDING}"
+    _write_array(labels, case.grid, label_path)
+    return written + [label_path]
+
+
+def _write_array(array: np.ndarray, grid: Grid, path: Path) -> None:
+    """Write an (i, j, k)-indexed array with the grid's geometry; SimpleITK wants (k, j, i)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(tuple(grid.direction_matrix.ravel()))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp))
+
+
+def make_demo_dataset(
+    output_folder: str | os.PathLike | None = None,
+    dataset_id: int = 900,
+    num_cases: int = DEFAULT_NUM_CASES,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    seed: int = 0,
+    noise: float = DEFAULT_NOISE,
+) -> Path:
+    """Write `Dataset{id:03d}_DemoBrain` into `output_folder` (default: the raw folder) and return its path.
+
+    Deterministic in its arguments (same seed, same bytes). Re-running overwrites the dataset's own files and
+    removes demo cases beyond `num_cases`; dataset.json is written last, so a dataset with one is complete.
+    """
+    _check_arguments(dataset_id, num_cases, shape, spacing, noise)
+    if output_folder is None:
+        from diffens_auto.paths import raw_folder
+
+        output_folder = raw_folder()
+    folder = Path(output_folder) / dataset_folder_name(dataset_id)
+    cases = demo_cases(num_cases, seed, tuple(shape), tuple(spacing), noise)
+    for case in cases:
+        write_case(case, folder)
+    _remove_stale_cases(folder, {case.case_id for case in cases})
+    description = (
+        "Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo): "
+        f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
+        "Labels are the phantom's tissues; every case has its own orientation, origin and spacing."
+    )
+    atomic_write_json(demo_dataset_json(num_cases, description), folder / "dataset.json")
+    return folder
+
+
+def _check_arguments(dataset_id, num_cases, shape, spacing, noise) -> None:
+    if int(dataset_id) < 0:
+        raise ValueError(f"dataset_id must be a non-negative integer, got {dataset_id}.")
+    if int(num_cases) < 1:
+        raise ValueError(f"num_cases must be at least 1, got {num_cases}.")
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"shape must be three sizes of at least 8 voxels (X Y Z), got {tuple(shape)}.")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive sizes in mm (X Y Z), got {tuple(spacing)}.")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0 (0 = noise-free), got {noise}.")
+
+
+def _remove_stale_cases(folder: Path, keep: set[str]) -> None:
+    """Delete demo case files (and only those) left by an earlier run with more cases."""
+    for sub in ("imagesTr", "labelsTr"):
+        for path in sorted((folder / sub).glob(f"{DATASET_NAME}_*{FILE_ENDING}")):
+            match = _CASE_FILE.match(path.name)
+            if match and f"{DATASET_NAME}_{match.group(1)}" not in keep:
+                path.unlink()

@@ -1,0 +1,35 @@
+"""Cross-validation splits (`splits_final.json`): 5 seeded folds, kept once written so folds stay stable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffens_auto.atomic import atomic_write_json
+
+DEFAULT_NUM_FOLDS = 5
+DEFAULT_SEED = 12345
+
+
+def make_splits(case_ids: list[str], num_folds: int = DEFAULT_NUM_FOLDS, seed: int = DEFAULT_SEED) -> list[dict]:
+    """Split case ids into `num_folds` train/val folds with a seeded shuffle (fewer folds for tiny datasets)."""
+    ids = sorted(case_ids)
+    if len(ids) < 2:
+        return [{"train": ids, "val": ids}]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = np.array_split(order, min(num_folds, len(ids)))
+    return [{"train": sorted(ids[i] for i in order if i not in set(f)), "val": sorted(ids[i] for i in f)}
+            for f in folds]
+
+
+def ensure_splits(path: str | Path, case_ids: list[str], seed: int = DEFAULT_SEED) -> list[dict]:
+    """Return the splits at `path`, writing new ones if absent or if they no longer match the cases."""
+    path = Path(path)
+    if path.is_file():
+        splits = json.loads(path.read_text())
+        if sorted(set(splits[0]["train"]) | set(splits[0]["val"])) == sorted(case_ids):
+            return splits
+    splits = make_splits(case_ids, seed=seed)
+    atomic_write_json(splits, path)
+    return splits

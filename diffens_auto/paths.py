@@ -1,0 +1,47 @@
+"""The three data folders, read from environment variables when first needed (as nnU-Net does)."""
+import os
+from pathlib import Path
+
+RAW_VARIABLE = "diffens_raw"
+PREPROCESSED_VARIABLE = "diffens_preprocessed"
+RESULTS_VARIABLE = "diffens_results"
+
+
+class PathNotSetError(RuntimeError):
+    """Raised when a data folder is needed but its environment variable is not set."""
+
+
+def _folder_from_environment(variable: str, role: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        raise PathNotSetError(
+            f"The environment variable '{variable}' is not set, so diffens_auto does not know where the {role} "
+            f"lives. Set it, e.g. `export {variable}=/data/diffens/{variable.split('_', 1)[1]}` "
+            "(see documentation/setting_up_paths.md)."
+        )
+    return Path(value).expanduser()
+
+
+def raw_folder() -> Path:
+    """Return the folder holding raw datasets (`diffens_raw`)."""
+    return _folder_from_environment(RAW_VARIABLE, "raw data")
+
+
+def preprocessed_folder() -> Path:
+    """Return the folder holding preprocessed datasets and plans (`diffens_preprocessed`)."""
+    return _folder_from_environment(PREPROCESSED_VARIABLE, "preprocessed data")
+
+
+def results_folder() -> Path:
+    """Return the folder holding trained models (`diffens_results`)."""
+    return _folder_from_environment(RESULTS_VARIABLE, "trained models")
+
+
+def use_folders(root: str | os.PathLike) -> dict[str, Path]:
+    """Point the three variables at `root/raw`, `root/preprocessed`, `root/results` for this process (demo, tests)."""
+    root = Path(root)
+    folders = {RAW_VARIABLE: root / "raw", PREPROCESSED_VARIABLE: root / "preprocessed", RESULTS_VARIABLE: root / "results"}
+    for variable, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(folder)
+    return folders

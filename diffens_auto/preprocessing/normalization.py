@@ -1,0 +1,141 @@
+"""Percentile-affine intensity normalisation: x_norm = (x - center) / half_range, no clipping.
+
+center = (p_lo + p_hi) / 2 and half_range = (p_hi - p_lo) / 2 of the foreground intensities, so the robust
+foreground range [p_lo, p_hi] (plans["normalization"]["percentiles"], default 0.5 and 99.5) maps to [-1, 1].
+A parameter set is a plain dict {"center": float, "half_range": float} so it lives in JSON properties as is.
+
+Three parameter sets per channel (see preprocessor.py): "case" (this case's foreground), "degraded" (per
+avgpool degradation of a task's target: from the block-averaged channel alone, because at prediction time only
+the low-resolution image exists) and "dataset" (the fingerprint's, copied from the plans).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+# half_range below this fraction of the intensities' magnitude counts as a constant foreground.
+_RELATIVE_FLAT = 1e-6
+
+
+def params_from_values(values: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
+    """Return {"center", "half_range"} of the `percentiles` of `values`; guarded for constant or empty input."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return {"center": 0.0, "half_range": 1.0}
+    lo, hi = np.percentile(values, [float(p) for p in percentiles])
+    center, half_range = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    if not half_range > _RELATIVE_FLAT * max(abs(lo), abs(hi)):
+        # A flat foreground: map it to 0 and the (zero) background to -1 (or +1 for negative values); if the
+        # foreground is 0 too, leave the scale alone.
+        half_range = abs(center) if center != 0 else 1.0
+    return {"center": float(center), "half_range": float(half_range)}
+
+
+def normalize(x: np.ndarray, params: Mapping[str, float]) -> np.ndarray:
+    """Return (x - center) / half_range as float32 (computed in float64)."""
+    return ((np.asarray(x, dtype=np.float64) - params["center"]) / params["half_range"]).astype(np.float32)
+
+
+def denormalize(x: np.ndarray, params: Mapping[str, float]) -> np.ndarray:
+    """Return x * half_range + center as float32 (computed in float64), the inverse of `normalize`."""
+    return (np.asarray(x, dtype=np.float64) * params["half_range"] + params["center"]).astype(np.float32)
+
+
+def renormalize(x, from_params: Mapping[str, float], to_params: Mapping[str, float]):
+    """Re-express `x`, normalised with `from_params`, as normalised with `to_params` (numpy array or torch tensor).
+
+    One affine map x * a + b with a, b computed in float64, so the only rounding is that of x's own dtype.
+    """
+    scale = float(from_params["half_range"]) / float(to_params["half_range"])
+    shift = (float(from_params["center"]) - float(to_params["center"])) / float(to_params["half_range"])
+    return x * scale + shift
+
+
+def block_average(volume: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+    """Average non-overlapping `factor` blocks of `volume` (X, Y, Z); shape ceil(shape / factor).
+
+    A shape not divisible by the factor is padded at the end by repeating the last slice (edge replication),
+    so the last, partial block along an axis averages its real voxels with copies of the outermost one.
+    """
+    volume = np.asarray(volume, dtype=np.float64)
+    factor = tuple(int(f) for f in factor)
+    if len(factor) != volume.ndim or min(factor) < 1:
+        raise ValueError(f"block_average: factor {factor} does not fit a volume of shape {volume.shape}.")
+    pad = [(0, -s % f) for s, f in zip(volume.shape, factor)]
+    if any(p for _, p in pad):
+        volume = np.pad(volume, pad, mode="edge")
+    blocks = []
+    for s, f in zip(volume.shape, factor):
+        blocks += [s // f, f]
+    return volume.reshape(blocks).mean(axis=tuple(range(1, 2 * volume.ndim, 2)))
+
+
+def params_from_lowres(lowres: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
+    """Return the parameters of a low-resolution (degraded) channel from its non-zero voxels alone."""
+    lowres = np.asarray(lowres)
+    return params_from_values(lowres[lowres != 0], percentiles)
+
+
+def degraded_params(channel: np.ndarray, factor: Sequence[int],
+                    percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
+    """Return the parameters of `channel` (raw intensities, background 0) after avgpool degradation by `factor`."""
+    return params_from_lowres(block_average(channel, factor), percentiles)
+
+
+def degradation_key(degradation: Mapping) -> str:
+    """Return the name of a degradation in properties, e.g. {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
+    return f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
+
+
+def degraded_targets(plans: Mapping) -> dict[int, dict[str, list[int]]]:
+    """Return {target channel: {degradation key: factor}} for the plans' tasks with an avgpool degradation."""
+    out: dict[int, dict[str, list[int]]] = {}
+    for task in plans.get("tasks", {}).values():
+        degradation = task.get("degradation")
+        if degradation and degradation.get("type") == "avgpool":
+            out.setdefault(int(task["target"]), {})[degradation_key(degradation)] = \
+                [int(f) for f in degradation["factor"]]
+    return out
+
+
+def case_normalization(data: np.ndarray, mask: np.ndarray, plans: Mapping) -> dict[str, dict]:
+    """Return per channel {"case": params, "degraded": {key: params}[, "dataset": params]} of raw `data` (C, X, Y, Z).
+
+    `data` must already be 0 outside `mask` (the degraded parameters see the background as the low-res image will).
+    """
+    settings = plans.get("normalization", {})
+    percentiles = settings.get("percentiles", DEFAULT_PERCENTILES)
+    dataset_params = settings.get("dataset", {})
+    degraded = degraded_targets(plans)
+    mask = np.asarray(mask, dtype=bool)
+    out = {}
+    for c in range(data.shape[0]):
+        entry = {"case": params_from_values(data[c][mask], percentiles),
+                 "degraded": {key: degraded_params(data[c], factor, percentiles)
+                              for key, factor in degraded.get(c, {}).items()}}
+        if str(c) in dataset_params:
+            entry["dataset"] = {k: float(dataset_params[str(c)][k]) for k in ("center", "half_range")}
+        out[str(c)] = entry
+    return out
+
+
+def select_params(channel_normalization: Mapping, which) -> dict:
+    """Pick a parameter set of one channel: "case", "dataset", "degraded:<key>" (e.g. "degraded:avgpool_4x4x4"),
+    "degraded" (the only one there is) or an explicit {"center", "half_range"} dict."""
+    if isinstance(which, Mapping):
+        return {"center": float(which["center"]), "half_range": float(which["half_range"])}
+    kind, _, key = str(which).partition(":")
+    if kind in ("case", "dataset") and not key and kind in channel_normalization:
+        return dict(channel_normalization[kind])
+    if kind == "degraded":
+        available = channel_normalization.get("degraded", {})
+        if not key and len(available) == 1:
+            key = next(iter(available))
+        if key in available:
+            return dict(available[key])
+    options = [k for k in ("case", "dataset") if k in channel_normalization]
+    options += [f"degraded:{k}" for k in channel_normalization.get("degraded", {})]
+    raise KeyError(f"normalization {which!r} is not stored for this channel; available: {options} or an explicit "
+                   "{'center': ..., 'half_range': ...} dict.")

@@ -1,0 +1,21 @@
+"""How every command reports a user error: one clear message and exit status 1, no traceback."""
+import sys
+from typing import Callable
+
+from diffens_auto.dataset.dataset_json import DatasetError
+from diffens_auto.dataset.naming import DatasetNotFoundError
+from diffens_auto.imageio import ImageReadError
+from diffens_auto.paths import PathNotSetError
+from diffens_auto.planning.plans_file import PlansNotFoundError
+
+USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError,
+               FileNotFoundError)
+
+
+def run_command(work: Callable[[], None]) -> None:
+    """Run a command's work; print user errors as a message on stderr and exit 1."""
+    try:
+        work()
+    except USER_ERRORS as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(1)

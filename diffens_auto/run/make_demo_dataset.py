@@ -1,0 +1,40 @@
+"""`diffens_make_demo_dataset`: write the synthetic DemoBrain dataset into the raw folder."""
+import argparse
+
+from diffens_auto.dataset.demo import (
+    DEFAULT_NOISE,
+    DEFAULT_NUM_CASES,
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    make_demo_dataset,
+)
+
+
+def make_demo_dataset_entry() -> None:
+    """Command-line wrapper of `diffens_auto.dataset.demo.make_demo_dataset`."""
+    parser = argparse.ArgumentParser(
+        description="Write Dataset{ID}_DemoBrain: synthetic 4-channel (T1, T1ce, T2, FLAIR) brain phantoms with "
+        "tissue labels and the tasks sr, mt and both, each case on its own grid (orientation, origin, spacing)."
+    )
+    parser.add_argument("-d", "--dataset_id", type=int, default=900, help="dataset id (default: 900)")
+    parser.add_argument("-n", "--num_cases", type=int, default=DEFAULT_NUM_CASES,
+                        help=f"number of cases (default: {DEFAULT_NUM_CASES})")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
+                        help=f"nominal field of view in voxels (default: {' '.join(map(str, DEFAULT_SHAPE))})")
+    parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING), metavar=("X", "Y", "Z"),
+                        help=f"nominal spacing in mm (default: {' '.join(map(str, DEFAULT_SPACING))})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+                        help=f"Rician noise level relative to the signal scale, 0 = noise-free (default: {DEFAULT_NOISE})")
+    parser.add_argument("-o", "--output_folder", default=None,
+                        help="folder to write the dataset into (default: the raw folder, $diffens_raw)")
+    args = parser.parse_args()
+    folder = make_demo_dataset(
+        args.output_folder, args.dataset_id, args.num_cases, tuple(args.shape), tuple(args.spacing), args.seed,
+        args.noise,
+    )
+    print(f"Wrote {args.num_cases} demo cases to {folder}")
+
+
+if __name__ == "__main__":
+    make_demo_dataset_entry()

@@ -1,0 +1,39 @@
+"""Install diffens_auto: Diff-Ensembler as a self-configuring pipeline."""
+from setuptools import find_packages, setup
+
+setup(
+    name="diffens_auto",
+    version="0.1.0",
+    description="Self-configuring Diff-Ensembler pipeline for 3D medical volume translation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffens_auto", "diffens_auto.*"]),
+    install_requires=[
+        "torch>=2.1,<3",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "SimpleITK>=2.2",
+        "nibabel>=5.0",
+        "blosc2>=2.5",
+        "acvl-utils>=0.2",
+        "batchgenerators>=0.25",
+        "pandas>=2.0",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "diffusers>=0.25"],
+    },
+    entry_points={
+        "console_scripts": [
+            "diffens_plan_and_preprocess=diffens_auto.run.plan_and_preprocess:plan_and_preprocess_entry",
+            "diffens_extract_fingerprint=diffens_auto.run.plan_and_preprocess:extract_fingerprint_entry",
+            "diffens_plan_experiment=diffens_auto.run.plan_and_preprocess:plan_experiment_entry",
+            "diffens_preprocess=diffens_auto.run.plan_and_preprocess:preprocess_entry",
+            "diffens_make_demo_dataset=diffens_auto.run.make_demo_dataset:make_demo_dataset_entry",
+            "diffens_demo=diffens_auto.run.demo:demo_entry",
+        ],
+    },
+)
