@@ -14,7 +14,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def canonical_reorientation(spacing: Sequence[float], direction: np.ndarray) -> dict:
-    """Permutation and flips taking file axes to the closest canonical RAS axes (canonical axis j = file axis permutation[j])."""
+    """Permutation and flips taking file axes to the closest canonical RAS axes (canonical j = file permutation[j])."""
     ras_affine = np.eye(4)
     ras_affine[:3, :3] = LPS_TO_RAS @ np.asarray(direction, float) @ np.diag(spacing)
     permutation, flips = [0, 0, 0], [False, False, False]
@@ -39,7 +39,8 @@ def to_canonical(file_array: np.ndarray, spacing, origin, direction, reorientati
     permutation, flips = reorientation["permutation"], reorientation["flips"]
     array = np.transpose(file_array, permutation)
     spacing = np.asarray(spacing, float)[permutation]
-    origin, direction = _flip_geometry(array.shape, spacing, origin, np.asarray(direction, float)[:, permutation], flips)
+    direction = np.asarray(direction, float)[:, permutation]
+    origin, direction = _flip_geometry(array.shape, spacing, origin, direction, flips)
     array = np.flip(array, axis=tuple(int(a) for a in np.flatnonzero(flips)))
     return np.ascontiguousarray(array), spacing, origin, direction
 
@@ -68,7 +69,7 @@ def make_props(shape, spacing, origin, direction, reorientation: dict, io: dict)
 
 
 def index_to_world(props: dict, index) -> np.ndarray:
-    """World (LPS, mm) position of canonical voxel index/indices: origin + direction @ (spacing * i); index (3,) or (N, 3)."""
+    """World (LPS, mm) position of canonical index i, shape (3,) or (N, 3): origin + direction @ (spacing * i)."""
     index = np.asarray(index, float)
     scaled = index * np.asarray(props["spacing"], float)
     return np.asarray(props["origin"], float) + scaled @ np.asarray(props["direction"], float).T
@@ -97,11 +98,12 @@ def with_spacing(props: dict, new_spacing: Sequence[float], new_shape: Sequence[
 
 def check_same_geometry(props_a: dict, props_b: dict, spacing_tol: float = 1e-4, origin_tol: float = 1e-4,
                         direction_tol: float = 1e-6) -> list[str]:
-    """Human-readable differences in shape, spacing, origin and direction between two props (empty list = same grid)."""
+    """Human-readable differences in shape, spacing, origin and direction of two props (empty list = same grid)."""
     problems = []
     if list(props_a["shape"]) != list(props_b["shape"]):
         problems.append(f"shape {list(props_a['shape'])} vs {list(props_b['shape'])}")
-    for key, tol, unit in (("spacing", spacing_tol, " mm"), ("origin", origin_tol, " mm"), ("direction", direction_tol, "")):
+    tolerances = (("spacing", spacing_tol, " mm"), ("origin", origin_tol, " mm"), ("direction", direction_tol, ""))
+    for key, tol, unit in tolerances:
         a, b = np.asarray(props_a[key], float), np.asarray(props_b[key], float)
         difference = float(np.max(np.abs(a - b)))
         if difference > tol:

@@ -15,6 +15,7 @@ from diffens_auto.imageio.errors import read_error
 from diffens_auto.imageio.geometry import LPS_TO_RAS
 
 NIFTI_ENDINGS = (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz")
+_TRUNCATED_FIX = "copy or download the file again (an interrupted transfer), or re-export it"
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -28,7 +29,7 @@ def read_nibabel(path: str | os.PathLike):
     affine = np.asarray(image.affine, float)
     columns = LPS_TO_RAS @ affine[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
-    if np.any(spacing == 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if np.any(spacing == 0) or abs(np.linalg.det(columns / np.where(spacing == 0, 1, spacing))) < 1e-6:
         raise read_error(path, f"its voxel-to-world affine is degenerate:\n{affine}",
                          "re-export it with a valid sform/qform (non-zero voxel sizes, independent axes)")
     header = image.header
@@ -50,7 +51,7 @@ def write_nibabel(file_array: np.ndarray, spacing, origin, direction, io: dict, 
 
 
 def check_nifti_complete(path: str | os.PathLike) -> None:
-    """Raise ImageReadError if a NIfTI file holds fewer voxel bytes than its header promises (ITK reads such files as zeros)."""
+    """Raise ImageReadError if a NIfTI file holds fewer bytes than its header promises (ITK would read zeros)."""
     try:
         proxy = nib.load(str(path)).dataobj
         data_file = Path(proxy.file_like)
@@ -60,16 +61,16 @@ def check_nifti_complete(path: str | os.PathLike) -> None:
                          f"({type(error).__name__}: {error})",
                          "copy or download it again, or re-export it as NIfTI (.nii.gz)") from error
     if data_file.name.lower().endswith(".gz"):
-        actual = _gzip_payload_size(data_file, expected)
-    else:
-        actual = data_file.stat().st_size
-    if actual < expected:
-        raise read_error(path, f"it is truncated: its header promises {expected} bytes, the file holds {actual}",
-                         "copy or download the file again (an interrupted transfer), or re-export it")
+        if not _gzip_holds(data_file, expected):
+            raise read_error(path, f"it is truncated: its header promises {expected} bytes of header and voxels, "
+                             "the gzip stream breaks off before that", _TRUNCATED_FIX)
+    elif data_file.stat().st_size < expected:
+        raise read_error(path, f"it is truncated: its header promises {expected} bytes of header and voxels, "
+                         f"the file holds {data_file.stat().st_size}", _TRUNCATED_FIX)
 
 
-def _gzip_payload_size(path: Path, expected: int) -> int:
-    """Uncompressed size of a gzip file, or how much of it decompresses before it breaks off."""
+def _gzip_holds(path: Path, expected: int) -> bool:
+    """Whether a gzip file decompresses completely to at least `expected` bytes."""
     with open(path, "rb") as stream:
         stream.seek(0, os.SEEK_END)
         if stream.tell() >= 18:
@@ -77,12 +78,12 @@ def _gzip_payload_size(path: Path, expected: int) -> int:
             # A complete single-member gzip ends with the uncompressed size mod 2**32; checking it avoids
             # decompressing the whole file twice. Anything else (truncated, multi-member) is measured.
             if int.from_bytes(stream.read(4), "little") == expected % 2**32:
-                return expected
+                return True
     size = 0
     try:
         with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 24):
+            while chunk := stream.read(1 << 20):
                 size += len(chunk)
     except (EOFError, OSError, zlib.error):
-        pass
-    return size
+        return False
+    return size >= expected

@@ -59,7 +59,7 @@ def _as_3d(path: Path, array: np.ndarray, spacing, origin, direction):
     if array.ndim == 3:
         return array, spacing, origin, direction
     if array.ndim < 3:
-        raise read_error(path, f"it is a {array.ndim}D image of size {list(array.shape)}; diffens_auto needs 3D volumes",
+        raise read_error(path, f"it is a {array.ndim}D image of size {list(array.shape)}; diffens_auto needs 3D images",
                          "save it as a 3D volume (a single slice becomes shape (X, Y, 1))")
     raise read_error(path, f"it is a {array.ndim}D image of size {list(array.shape)}; diffens_auto needs one 3D volume "
                      "per file", "split it into one 3D file per channel or time point "
@@ -67,7 +67,7 @@ def _as_3d(path: Path, array: np.ndarray, spacing, origin, direction):
 
 
 def write_image(array: np.ndarray, props: dict, path: str | os.PathLike) -> None:
-    """Write a canonical array atomically in the file's original axis order; props' geometry must describe `array`."""
+    """Write a canonical array atomically in the file's original axis order; props' geometry describes `array`."""
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"write_image needs a 3D (X, Y, Z) array for '{path}', got shape {list(array.shape)}")
@@ -92,7 +92,7 @@ def write_image(array: np.ndarray, props: dict, path: str | os.PathLike) -> None
 
 
 def read_case(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, dict]:
-    """Read one file per channel into a float32 (C, X, Y, Z) array with channel 0's props; channels must share one grid."""
+    """Read one file per channel as float32 (C, X, Y, Z) with channel 0's props; all channels must share one grid."""
     if len(files) == 0:
         raise ValueError("read_case needs at least one file (one per channel)")
     first_array, first_props = read_image(files[0])

@@ -8,11 +8,11 @@ from diffens_auto.imageio.errors import read_error
 
 
 def read_simpleitk(path: str | os.PathLike):
-    """Read an image as (array in file index order (i, j, k, ...), spacing, origin, direction); sitk errors propagate as RuntimeError."""
+    """Read (array in file index order (i, j, k, ...), spacing, origin, direction); sitk raises RuntimeError."""
     image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise read_error(path, f"it has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                         f"(vector pixel type {image.GetPixelIDTypeAsString()}), diffens_auto needs one scalar per voxel",
+                         f"(pixel type {image.GetPixelIDTypeAsString()}), diffens_auto needs one scalar per voxel",
                          "save each component as its own 3D channel file (CASE_0000.nii.gz, CASE_0001.nii.gz, ...)")
     array = sitk.GetArrayFromImage(image)
     if np.iscomplexobj(array):

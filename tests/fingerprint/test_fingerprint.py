@@ -1,0 +1,48 @@
+"""Fingerprint: canonical spacings, shapes after crop-to-nonzero, foreground statistics against numpy."""
+import json
+
+import numpy as np
+
+from diffens_auto.dataset import find_training_cases, load_dataset_json
+from diffens_auto.fingerprint import extract_fingerprint, load_or_extract_fingerprint
+from synthetic_images import write_sitk
+
+
+def test_fingerprint_of_hand_made_cases(tmp_path):
+    folder = tmp_path / "Dataset001_Hand"
+    (folder / "imagesTr").mkdir(parents=True)
+    a = np.zeros((10, 12, 8), np.float32)
+    a[2:6, 3:10, 1:4] = np.arange(4 * 7 * 3, dtype=np.float32).reshape(4, 7, 3) + 1
+    # The second case is stored with flipped X and Y (an LPS-ordered file), spacing anisotropic in file axis 0.
+    b = np.zeros((6, 9, 7), np.float32)
+    b[1:5, 0:9, 2:3] = 7.0
+    write_sitk(a, folder / "imagesTr" / "a_0000.nii.gz", spacing=(1.0, 1.0, 2.0))
+    write_sitk(b, folder / "imagesTr" / "b_0000.nii.gz", spacing=(3.0, 1.0, 1.0),
+               direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "numTraining": 2,
+                                                     "file_ending": ".nii.gz"}))
+    spec = load_dataset_json(folder)
+    fp = extract_fingerprint(spec, find_training_cases(spec), num_processes=1)
+    assert fp["case_identifiers"] == ["a", "b"]
+    assert fp["shapes_before_crop"] == [[10, 12, 8], [6, 9, 7]]
+    assert fp["shapes_after_crop"] == [[4, 7, 3], [4, 9, 1]]
+    assert np.allclose(fp["spacings"], [[1, 1, 2], [3, 1, 1]])
+    values = np.concatenate([a[a != 0], b[b != 0]]).astype(np.float64)
+    stats = fp["foreground_intensity_properties_per_channel"]["0"]
+    assert np.isclose(stats["mean"], values.mean()) and np.isclose(stats["std"], values.std())
+    assert stats["min"] == 1.0 and stats["max"] == 84.0
+    assert np.isclose(stats["percentile_99_5"], np.percentile(values, 99.5))
+    assert np.isclose(stats["percentile_00_5"], np.percentile(values, 0.5))
+
+
+def test_fingerprint_is_reused_unless_cases_change(small_raw_dataset, tmp_path):
+    spec = load_dataset_json(small_raw_dataset)
+    cases = find_training_cases(spec)
+    out = tmp_path / "fp.json"
+    first = load_or_extract_fingerprint(spec, cases, out, num_processes=2)
+    assert json.loads(out.read_text()) == first
+    out.write_text(json.dumps(dict(first, marker=1)))
+    assert load_or_extract_fingerprint(spec, cases, out, num_processes=1)["marker"] == 1
+    fewer = dict(list(cases.items())[:3])
+    assert "marker" not in load_or_extract_fingerprint(spec, fewer, out, num_processes=1)
+    assert len(json.loads(out.read_text())["case_identifiers"]) == 3
