@@ -1,8 +1,8 @@
 """The synthetic demo dataset `DatasetXXX_DemoBrain`: multi-contrast brain phantoms, each sampled on its own grid.
 
 Defaults (small enough that the tiny pipeline trains on a CPU): 10 cases, a field of view of 48 x 48 x 48 voxels
-of 1.5 mm (72 mm; the head, a miniature brain about 45-55 mm long, keeps >= 2 voxels + 1 mm of background on
-every side), Rician noise of 2% of the white-matter-scale signal. Cases cycle through orientations so that even
+of 1.5 mm (72 mm; the head, a miniature brain about 50-58 mm front to back, keeps >= 2 voxels + 1 mm of background
+on every side), Rician noise of 2% of the white-matter-scale signal. Cases cycle through orientations so that even
 the first three cases hold an axis-aligned, an oblique and an anisotropic one:
 
     orientation  = ("RAS", "LPS", "PIR", "ASL")[i % 4]        letters name where each array axis points
@@ -104,7 +104,7 @@ def sample_demo_case(
     grid, head_centre = _sample_grid(rng, index, np.asarray(shape, float) * np.asarray(spacing, float), spacing)
     semi_axes = _fit_head(rng, grid, head_centre)
     scale = float(semi_axes.max())
-    tumour_radius = float(rng.uniform(0.24, 0.34) * scale)
+    tumour_radius = float(rng.uniform(0.26, 0.36) * scale)
     return PhantomCase(
         case_id=case_identifier(index),
         grid=grid,
@@ -113,8 +113,8 @@ def sample_demo_case(
         deformation=FourierField.random(
             rng, 4, wavelength_to_frequency((1.2 * scale, 3.5 * scale)), DEFORMATION_PER_MM_HEAD * scale, dims=3
         ),
-        gyri=FourierField.random(rng, 8, (5.0, 10.0), 0.07),
-        sulci=FourierField.random(rng, 8, (5.0, 10.0), 0.08),
+        gyri=FourierField.random(rng, 8, (5.0, 10.0), 0.09),
+        sulci=FourierField.random(rng, 8, (5.0, 10.0), 0.10),
         tumour_centre=head_centre + _sample_tumour_offset(rng, semi_axes, tumour_radius),
         tumour_radius=tumour_radius,
         tumour_shape=FourierField.random(rng, 4, (1.5, 3.0), 0.15),
@@ -187,8 +187,8 @@ def _sample_tumour_offset(rng: np.random.Generator, semi_axes: np.ndarray, radiu
     """Tumour centre relative to the head centre (mm), deep enough that its solid part stays inside the brain."""
     unit = rng.normal(size=3)
     unit /= np.linalg.norm(unit)
-    # Solid part reaches 0.75 radii, lumps add up to 15%; the pial surface is at >= 0.84 of the semi-axes.
-    deepest = 0.82 - 0.75 * 1.15 * radius / float(semi_axes.min())
+    # Solid part reaches 0.8 radii, lumps add up to 15%; the pial surface lies at >= 0.82 of the semi-axes.
+    deepest = 0.8 - 0.8 * 1.15 * radius / float(semi_axes.min())
     depth = rng.uniform(min(0.2, deepest), deepest)
     return unit * depth * semi_axes
 
@@ -246,7 +246,7 @@ def make_demo_dataset(
 ) -> Path:
     """Write `Dataset{id:03d}_DemoBrain` into `output_folder` (default: the raw folder) and return its path.
 
-    Deterministic in its arguments (same seed, same bytes). Re-running overwrites the dataset's own files and
+    Deterministic in its arguments (same seed, same bytes on one platform). Re-running overwrites the dataset's own files and
     removes demo cases beyond `num_cases`; dataset.json is written last, so a dataset with one is complete.
     """
     _check_arguments(dataset_id, num_cases, shape, spacing, noise)

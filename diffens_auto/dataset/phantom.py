@@ -160,7 +160,7 @@ class PhantomCase:
     gyri: FourierField  # folding of the grey/white boundary, a field of the unit direction from the head centre
     sulci: FourierField  # CSF intrusions into the pial surface, a field of the unit direction
     tumour_centre: np.ndarray  # (3,) world mm, in the undeformed frame
-    tumour_radius: float  # mm; core < 0.4, rim < 0.75, oedema < 1.5 radii
+    tumour_radius: float  # mm; core < 0.45, rim < 0.8, oedema < 1.6 radii
     tumour_shape: FourierField  # relative radius modulation, a field of the unit direction from the tumour centre
     texture: FourierField  # relative intensity modulation tied to anatomy, of (p + u - head_centre) in mm
     bias: FourierField  # log of the multiplicative bias field, of (p - head_centre) in mm
@@ -172,7 +172,11 @@ class PhantomCase:
 def tissue_fractions(case: PhantomCase, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Soft tissue fractions (N, 7) in TISSUES order at world `points` (N, 3), and the hard head mask (N,)."""
     relative = points - case.head_centre
-    deformed = relative + case.deformation(relative)
+    return _fractions(case, relative + case.deformation(relative))
+
+
+def _fractions(case: PhantomCase, deformed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue fractions and head mask at positions already pulled back into the anatomy (relative to its centre)."""
     q = deformed / case.head_semi_axes
     r = np.linalg.norm(q, axis=1)
     head = r <= 1.0
@@ -198,9 +202,9 @@ def tissue_fractions(case: PhantomCase, points: np.ndarray) -> tuple[np.ndarray,
 
     distance = _tumour_distance(case, deformed + case.head_centre)
     radius = case.tumour_radius
-    oedema = _inside((1.5 - distance) * radius, OEDEMA_EDGE_MM)
-    solid = _inside((0.75 - distance) * radius, PARTIAL_VOLUME_MM)
-    core = _inside((0.4 - distance) * radius, PARTIAL_VOLUME_MM)
+    oedema = _inside((1.6 - distance) * radius, OEDEMA_EDGE_MM)
+    solid = _inside((0.8 - distance) * radius, PARTIAL_VOLUME_MM)
+    core = _inside((0.45 - distance) * radius, PARTIAL_VOLUME_MM)
     # Oedema is vasogenic: it spreads through white matter and less into cortex, never into CSF.
     take_wm, take_gm = oedema * f_wm, 0.5 * oedema * f_gm
     f_oed = take_wm + take_gm
@@ -239,9 +243,9 @@ def _tumour_distance(case: PhantomCase, deformed_points: np.ndarray) -> np.ndarr
 
 def phantom_intensities(case: PhantomCase, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free intensities (N, 4) in CHANNELS order and labels (N,) uint8 at world `points` (N, 3)."""
-    fractions, head = tissue_fractions(case, points)
     relative = points - case.head_centre
     anatomy = relative + case.deformation(relative)
+    fractions, head = _fractions(case, anatomy)
     modulation = np.exp(case.bias(relative)) * (1.0 + case.texture(anatomy))
     values = (fractions @ TISSUE_INTENSITIES) * case.channel_gains * modulation[:, None]
     values = np.where(head[:, None], np.maximum(values, INTENSITY_FLOOR), 0.0)
@@ -249,7 +253,9 @@ def phantom_intensities(case: PhantomCase, points: np.ndarray) -> tuple[np.ndarr
     return values, labels
 
 
-def render_case(case: PhantomCase, grid: Grid | None = None, noise: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_case(
+    case: PhantomCase, grid: Grid | None = None, noise: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sample `case` on `grid` (default: its own): images (4, *grid.shape) float32 and labels (*grid.shape) uint8.
 
     Arrays are indexed like the grid (i, j, k), not SimpleITK's (k, j, i). `noise` overrides the case's noise level

@@ -25,7 +25,8 @@ def make_demo_dataset_entry() -> None:
                         help=f"nominal spacing in mm (default: {' '.join(map(str, DEFAULT_SPACING))})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     parser.add_argument("--noise", type=float, default=DEFAULT_NOISE,
-                        help=f"Rician noise level relative to the signal scale, 0 = noise-free (default: {DEFAULT_NOISE})")
+                        help="Rician noise level relative to the signal scale, 0 = noise-free "
+                        f"(default: {DEFAULT_NOISE})")
     parser.add_argument("-o", "--output_folder", default=None,
                         help="folder to write the dataset into (default: the raw folder, $diffens_raw)")
     args = parser.parse_args()
