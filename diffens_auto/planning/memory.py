@@ -1,0 +1,367 @@
+"""An explicit memory model for the diffusion U-Nets the plans describe (documentation/planning.md).
+
+The model walks the U-Net of a plans `network` dict layer by layer (guided-diffusion layout: input
+conv; per level `num_res_blocks` ResBlocks (+ attention), a stride-2 downsample; middle Res-Attn-Res;
+per level `num_res_blocks + 1` ResBlocks on concat(skip) inputs and a nearest+conv upsample; output
+GroupNorm-SiLU-conv) and counts, for each layer, the tensors autograd keeps for the backward pass.
+Byte sizes follow CUDA autocast: GroupNorm and softmax run in float32, so the tensors on the
+normalisation path are 4 bytes per element, while conv/linear/matmul inputs are saved in the
+activation dtype. Parameters and their optimizer state are float32.
+"""
+import math
+from dataclasses import dataclass, fields
+
+BYTES_PER_GB = 1024 ** 3
+NORM_BYTES = 4            # GroupNorm, SiLU after it and softmax run in float32 under autocast
+MASK_BYTES = 1            # CUDA dropout keeps a boolean mask
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per component of one training or inference run; the total is their sum."""
+
+    parameters: int = 0            # float32 weights of the network being trained / run
+    gradients: int = 0             # float32 gradient per trained parameter
+    adam_state: int = 0            # Adam's two float32 moments
+    ema: int = 0                   # float32 EMA copy of the weights
+    weight_copies: int = 0         # autocast's low-precision copies of the weights
+    activations: int = 0           # tensors saved for backward (training) or the forward peak (inference)
+    activation_gradients: int = 0  # gradients in flight while the largest block runs backward
+    expert_parameters: int = 0     # frozen experts' float32 weights (ensembler)
+    expert_forward: int = 0        # one slice batch's forward peak of the frozen experts (no grad)
+    injected_features: int = 0     # experts' restacked feature volumes fed to the injection convs
+    volume_buffers: int = 0        # inputs, targets, noise, restacked noise estimates, sampling state
+    workspace: int = 0             # fixed allowance: CUDA context, cuDNN workspaces, allocator slack
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of all components."""
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def total_gb(self) -> float:
+        """Sum of all components in GB (2**30 bytes)."""
+        return self.total_bytes / BYTES_PER_GB
+
+    def as_gb(self) -> dict:
+        """Every non-zero component in GB (rounded to 3 decimals), plus the total."""
+        parts = {f.name: round(getattr(self, f.name) / BYTES_PER_GB, 3) for f in fields(self)
+                 if getattr(self, f.name)}
+        parts["total"] = round(self.total_gb, 3)
+        return parts
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the U-Net walk: what it consumes and produces, and at which resolution level."""
+
+    kind: str         # input_conv | resblock | attention | downsample | upsample | output
+    level: int        # level of the tensor the layer saves (upsample: the level it upsamples to)
+    in_channels: int  # channels of its input (decoder ResBlocks: h and skip concatenated)
+    out_channels: int
+    out_level: int    # level of its output
+    pushes_skip: bool = False  # its output is kept for a decoder concat
+    pops_skip: int = 0         # channels taken from the skip stack
+
+
+def activation_bytes(dtype: str) -> int:
+    """Bytes per element of an activation saved for a conv/linear/matmul in `dtype`."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"Unknown dtype '{dtype}' for the memory model; use one of {sorted(DTYPE_BYTES)}.") from None
+
+
+def unet_layers(network: dict) -> list[Layer]:
+    """The layers of the network dict's U-Net in execution order."""
+    channels = list(network["channels"])
+    levels = len(channels)
+    attention = set(network.get("attention_levels", []))
+    nrb = network["num_res_blocks"]
+    layers = [Layer("input_conv", 0, network["in_channels"], channels[0], 0, pushes_skip=True)]
+    skips = [channels[0]]
+    ch = channels[0]
+    for level in range(levels):
+        for _ in range(nrb):
+            layers.append(Layer("resblock", level, ch, channels[level], level, pushes_skip=level not in attention))
+            ch = channels[level]
+            if level in attention:
+                layers.append(Layer("attention", level, ch, ch, level, pushes_skip=True))
+            skips.append(ch)
+        if level < levels - 1:
+            layers.append(Layer("downsample", level, ch, ch, level + 1, pushes_skip=True))
+            skips.append(ch)
+    deepest = levels - 1
+    layers.append(Layer("resblock", deepest, ch, ch, deepest))
+    if network.get("mid_attention", False):
+        layers.append(Layer("attention", deepest, ch, ch, deepest))
+    layers.append(Layer("resblock", deepest, ch, ch, deepest))
+    for level in reversed(range(levels)):
+        for i in range(nrb + 1):
+            skip = skips.pop()
+            layers.append(Layer("resblock", level, ch + skip, channels[level], level, pops_skip=skip))
+            ch = channels[level]
+            if level in attention:
+                layers.append(Layer("attention", level, ch, ch, level))
+            if level > 0 and i == nrb:
+                layers.append(Layer("upsample", level - 1, ch, ch, level - 1))
+    layers.append(Layer("output", 0, ch, network["out_channels"], 0))
+    return layers
+
+
+def _conv(kernel_volume: int, cin: int, cout: int) -> int:
+    return kernel_volume * cin * cout + cout
+
+
+def _layer_parameters(layer: Layer, network: dict) -> int:
+    k = network.get("kernel_size", 3) ** network["spatial_dims"]
+    ci, co = layer.in_channels, layer.out_channels
+    if layer.kind in ("input_conv", "downsample", "upsample"):
+        return _conv(k, ci, co)
+    if layer.kind == "resblock":
+        emb = network["time_embed_dim"]
+        skip = _conv(1, ci, co) if ci != co else 0
+        # GN, conv3, Linear(emb -> scale & shift), GN, conv3, optional 1x1 skip conv
+        return 2 * ci + _conv(k, ci, co) + (emb * 2 * co + 2 * co) + 2 * co + _conv(k, co, co) + skip
+    if layer.kind == "attention":
+        return 2 * ci + _conv(1, ci, 3 * ci) + _conv(1, ci, ci)
+    if layer.kind == "output":
+        return 2 * ci + _conv(k, ci, co)
+    raise ValueError(f"unknown layer kind {layer.kind}")
+
+
+def count_parameters(network: dict) -> int:
+    """Exact parameter count of the U-Net a plans `network` dict describes (feature injection included)."""
+    emb, base = network["time_embed_dim"], network["channels"][0]
+    time_embedding = (base * emb + emb) + (emb * emb + emb)  # sinusoid(base) -> Linear -> SiLU -> Linear
+    total = time_embedding + sum(_layer_parameters(layer, network) for layer in unet_layers(network))
+    for entry in network.get("feature_injection", []):
+        total += _conv(math.prod(entry["kernel_size"]), entry["in_channels"], entry["out_channels"])
+    return total
+
+
+def level_voxels(shape, level: int) -> int:
+    """Positions of one sample's feature map at `level` (each level halves every axis, rounding up)."""
+    return math.prod(math.ceil(s / 2 ** level) for s in shape)
+
+
+def _heads(network: dict, channels: int) -> int:
+    return max(1, channels // network.get("num_head_channels", channels))
+
+
+def _saved_per_voxel(layer: Layer, network: dict, a: int) -> float:
+    """Bytes per voxel (one sample) that `layer` saves for backward, attention scores excluded."""
+    ci, co = layer.in_channels, layer.out_channels
+    if layer.kind in ("input_conv", "downsample", "upsample"):
+        return ci * a                                   # a conv saves its input
+    if layer.kind == "resblock":
+        mask = MASK_BYTES if network.get("dropout", 0.0) > 0 else 0
+        # GN1 input, SiLU input, conv1 input | GN2 input, scale-shift input, SiLU input, mask, conv2 input
+        saved = ci * (NORM_BYTES + NORM_BYTES + a) + co * (3 * NORM_BYTES + a) + co * mask
+        if ci != co and a != NORM_BYTES:
+            saved += ci * a                             # 1x1 skip conv keeps a low-precision copy of x
+        return saved
+    if layer.kind == "attention":
+        # GN input, qkv-conv input, qkv output, scaled q and k, proj-conv input
+        return ci * NORM_BYTES + ci * a + 3 * ci * a + 2 * ci * a + ci * a
+    if layer.kind == "output":
+        return ci * (2 * NORM_BYTES + a) + 2 * co * NORM_BYTES   # GN, SiLU, conv; the MSE loss keeps output+target
+    raise ValueError(f"unknown layer kind {layer.kind}")
+
+
+def _attention_scores(layer: Layer, network: dict, tokens: int, a: int, saved: bool) -> float:
+    """Bytes of one sample's attention scores (tokens^2 x heads): kept for backward, or peak in a forward."""
+    per_score = NORM_BYTES + (a if a != NORM_BYTES else 0)  # float32 softmax output + its cast for the matmul
+    if not saved:
+        per_score = a + NORM_BYTES + (NORM_BYTES if a != NORM_BYTES else 0)  # pre-softmax, float copy, softmax
+    return tokens * tokens * _heads(network, layer.in_channels) * per_score
+
+
+def _layer_saved(layer: Layer, network: dict, shape, a: int) -> float:
+    """Bytes one sample's pass through `layer` saves for backward."""
+    n = level_voxels(shape, layer.level)
+    saved = _saved_per_voxel(layer, network, a) * n
+    if layer.kind == "attention":
+        saved += _attention_scores(layer, network, n, a, saved=True)
+    return saved
+
+
+def _checkpoint_input(layer: Layer, network: dict, shape, a: int) -> float:
+    """Bytes a layer keeps when ResBlocks and attention blocks are gradient-checkpointed."""
+    if layer.kind in ("resblock", "attention"):
+        return layer.in_channels * a * level_voxels(shape, layer.level)  # only the block input
+    return _layer_saved(layer, network, shape, a)
+
+
+def training_activations(network: dict, shape, batch_size: int, dtype: str) -> tuple[int, int]:
+    """(activations, activation gradients) in bytes at the peak of one training step on `shape` patches.
+
+    Forward keeps, per layer, its saved tensors (or, for checkpointed ResBlocks and attention blocks,
+    only the block input). Backward then runs the layers in reverse: a checkpointed block first
+    recomputes its saved tensors; the gradient of its output is alive meanwhile, and so are the
+    gradients of skip tensors already handed back by decoder concats but not yet consumed by the
+    encoder layer that produced them. The peak is the largest such moment.
+    """
+    a = activation_bytes(dtype)
+    layers = unet_layers(network)
+    checkpointed = network.get("gradient_checkpointing", False)
+    kept = [(_checkpoint_input(layer, network, shape, a) if checkpointed else _layer_saved(layer, network, shape, a))
+            for layer in layers]
+    producer, stack = {}, []
+    for index, layer in enumerate(layers):
+        if layer.pops_skip:
+            producer[index] = stack.pop()
+        if layer.pushes_skip:
+            stack.append(index)
+    alive, pending, released = sum(kept), 0.0, {}
+    peak = (0.0, 0.0)
+    for index in reversed(range(len(layers))):
+        layer = layers[index]
+        pending -= released.pop(index, 0.0)
+        recompute = (_layer_saved(layer, network, shape, a)
+                     if checkpointed and layer.kind in ("resblock", "attention") else 0.0)
+        grad_out = layer.out_channels * a * level_voxels(shape, layer.out_level)
+        moment = (alive + recompute, pending + grad_out)
+        if sum(moment) > sum(peak):
+            peak = moment
+        alive -= kept[index]
+        if layer.pops_skip:
+            skip_grad = layer.pops_skip * a * level_voxels(shape, layer.level)
+            pending += skip_grad
+            released[producer[index]] = released.get(producer[index], 0.0) + skip_grad
+    return int(peak[0] * batch_size), int(peak[1] * batch_size)
+
+
+def _forward_transient(layer: Layer, network: dict, shape, a: int) -> float:
+    """Bytes of one sample's intermediates alive at once inside `layer` in a no-grad forward."""
+    ci, co = layer.in_channels, layer.out_channels
+    n_in, n_out = level_voxels(shape, layer.level), level_voxels(shape, layer.out_level)
+    if layer.kind == "input_conv":
+        return ci * (NORM_BYTES + a) * n_in + co * a * n_out
+    if layer.kind == "resblock":
+        # start: input, its float32 copy and the GroupNorm output (+ the pre-concat tensor); end: input,
+        # the float32 SiLU output, conv output and the residual sum
+        return max(ci * (2 * a + 2 * NORM_BYTES), ci * a + co * (2 * a + NORM_BYTES)) * n_in
+    if layer.kind == "attention":
+        return (ci * a + 3 * ci * a + ci * NORM_BYTES) * n_in + _attention_scores(layer, network, n_in, a, saved=False)
+    if layer.kind == "downsample":
+        return ci * a * n_in + co * a * n_out
+    if layer.kind == "upsample":
+        return ci * a * level_voxels(shape, layer.level + 1) + 2 * co * a * n_out
+    if layer.kind == "output":
+        return ci * (a + 2 * NORM_BYTES) * n_in + co * NORM_BYTES * n_out
+    raise ValueError(f"unknown layer kind {layer.kind}")
+
+
+def forward_peak(network: dict, shape, batch_size: int, dtype: str) -> int:
+    """Peak bytes of a no-grad forward pass: the live skip tensors plus the busiest layer's intermediates."""
+    a = activation_bytes(dtype)
+    skips = []
+    peak = 0.0
+    for layer in unet_layers(network):
+        if layer.pops_skip:
+            skips.pop()
+        peak = max(peak, sum(skips) + _forward_transient(layer, network, shape, a))
+        if layer.pushes_skip:
+            skips.append(layer.out_channels * a * level_voxels(shape, layer.out_level))
+    return int(peak * batch_size)
+
+
+def _parameter_state(network: dict, dtype: str, trained: bool, ema: bool) -> dict:
+    n = count_parameters(network)
+    a = activation_bytes(dtype)
+    state = {"parameters": 4 * n, "weight_copies": n * a if a != 4 else 0}
+    if trained:
+        state.update(gradients=4 * n, adam_state=8 * n, ema=4 * n if ema else 0)
+    return state
+
+
+def _slice_shape(volume_shape, slice_axis: int) -> tuple[int, ...]:
+    return tuple(s for axis, s in enumerate(volume_shape) if axis != slice_axis)
+
+
+def _injected_feature_bytes(network: dict, volume_shape, a: int) -> int:
+    """Bytes of the experts' restacked feature volumes for one ensembler input of `volume_shape`."""
+    total = 0
+    for entry in network.get("feature_injection", []):
+        level, axis = entry["expert_level"], entry["stack_axis"]
+        restacked = [s if i == axis else math.ceil(s / 2 ** level) for i, s in enumerate(volume_shape)]
+        total += entry["in_channels"] * math.prod(restacked) * a
+    return total
+
+
+def _expert_terms(configuration: dict, experts: dict, volume_shape, slice_batch_size: int, dtype: str) -> dict:
+    """Frozen experts' weights and their largest slice-batch forward peak on `volume_shape`."""
+    names = configuration.get("experts", [])
+    missing = [name for name in names if name not in experts]
+    if missing:
+        raise ValueError(f"The memory estimate of an ensembler needs the configurations of its experts {missing}.")
+    params = sum(4 * count_parameters(experts[name]["network"]) for name in names)
+    forward = max((forward_peak(experts[name]["network"], _slice_shape(volume_shape, experts[name]["slice_axis"]),
+                                slice_batch_size, dtype) for name in names), default=0)
+    return {"expert_parameters": params, "expert_forward": forward}
+
+
+def _condition_channels(configuration: dict) -> int:
+    network = configuration["network"]
+    if configuration.get("kind") == "ensembler":
+        return network["in_channels"] - 1 - len(configuration.get("experts", []))
+    return network["in_channels"] - 1
+
+
+def estimate_training_memory(configuration: dict, dtype: str, *, experts: dict | None = None,
+                             slice_batch_size: int | None = None, workspace_gb: float = 0.0, ema: bool = True,
+                             shape=None) -> MemoryEstimate:
+    """Peak GPU memory of one training step of a plans configuration (expert or ensembler).
+
+    `shape` defaults to an ensembler's fine_tune_shape, else the patch_size; `slice_batch_size` (slices
+    per frozen-expert call) to the configuration's expert_slice_batch_size, else 1.
+    """
+    network = configuration["network"]
+    if slice_batch_size is None:
+        slice_batch_size = configuration.get("expert_slice_batch_size", 1)
+    batch = configuration["batch_size"]
+    if shape is None:
+        shape = configuration.get("fine_tune_shape") or configuration["patch_size"]
+    a = activation_bytes(dtype)
+    saved, in_flight = training_activations(network, shape, batch, dtype)
+    parts = _parameter_state(network, dtype, trained=True, ema=ema)
+    parts.update(activations=saved, activation_gradients=in_flight, workspace=int(workspace_gb * BYTES_PER_GB))
+    voxels = math.prod(shape)
+    if configuration.get("kind") == "ensembler":
+        n_experts = len(configuration.get("experts", []))
+        parts.update(_expert_terms(configuration, experts or {}, shape, slice_batch_size, dtype))
+        parts["injected_features"] = _injected_feature_bytes(network, shape, a) * batch
+        # target, noise, y_t, conditions and one restacked noise estimate per expert, float32
+        parts["volume_buffers"] = (3 + _condition_channels(configuration) + n_experts) * voxels * 4 * batch
+    else:
+        parts["volume_buffers"] = (network["in_channels"] + 2) * voxels * 4 * batch
+    return MemoryEstimate(**parts)
+
+
+def estimate_inference_memory(configuration: dict, dtype: str, *, volume_shape, experts: dict | None = None,
+                              slice_batch_size: int = 1, workspace_gb: float = 0.0) -> MemoryEstimate:
+    """Peak GPU memory of sampling one `volume_shape` volume with a plans configuration."""
+    network = configuration["network"]
+    a = activation_bytes(dtype)
+    parts = _parameter_state(network, dtype, trained=False, ema=False)
+    parts["workspace"] = int(workspace_gb * BYTES_PER_GB)
+    volume = math.prod(volume_shape)
+    n_cond = _condition_channels(configuration)
+    if configuration.get("kind") == "ensembler":
+        window = configuration["fine_tune_shape"] if configuration.get("patch_wise") else volume_shape
+        n_experts = len(configuration.get("experts", []))
+        parts["activations"] = forward_peak(network, window, 1, dtype)
+        parts.update(_expert_terms(configuration, experts or {}, window, slice_batch_size, dtype))
+        parts["injected_features"] = _injected_feature_bytes(network, window, a)
+        # whole volume: conditions, y_t, y0 estimate, consistency temp, sliding-window sum and weights;
+        # per window: one noise estimate per expert
+        accumulators = 2 if configuration.get("patch_wise") else 0
+        parts["volume_buffers"] = ((n_cond + 3 + accumulators) * volume + n_experts * math.prod(window)) * 4
+    else:
+        plane = _slice_shape(volume_shape, configuration["slice_axis"])
+        parts["activations"] = forward_peak(network, plane, slice_batch_size, dtype)
+        # conditions, y_t, y0 estimate, restacked noise estimate, consistency temp, float32
+        parts["volume_buffers"] = (n_cond + 4) * volume * 4
+    return MemoryEstimate(**parts)
