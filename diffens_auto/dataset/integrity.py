@@ -8,7 +8,7 @@ import numpy as np
 
 from diffens_auto.dataset.cases import find_training_cases
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
-from diffens_auto.imageio import ImageReadError, check_same_geometry, read_image
+from diffens_auto.imageio import ImageReadError, check_same_geometry, count_nonfinite_voxels, read_image
 
 
 def check_image_file(path: Path) -> tuple[list[str], dict | None]:
@@ -18,7 +18,7 @@ def check_image_file(path: Path) -> tuple[list[str], dict | None]:
     except ImageReadError as e:
         return [str(e)], None
     problems = []
-    nonfinite = int(np.count_nonzero(~np.isfinite(array)))
+    nonfinite = count_nonfinite_voxels(path) if np.issubdtype(array.dtype, np.floating) else 0
     if nonfinite:
         problems.append(f"{path}: {nonfinite} voxel(s) are NaN or infinite. Fix: replace them (e.g. with 0) "
                         "or re-export the image.")

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
-from diffens_auto.imageio import read_case
+from diffens_auto.imageio import count_nonfinite_voxels, read_case
 from diffens_auto.preprocessing.cropping import bounding_box, nonzero_mask
 
 FOREGROUND_SAMPLES_PER_CASE = 10_000
@@ -20,14 +20,15 @@ PERCENTILES = (0.5, 99.5)
 def case_fingerprint(case_id: str, files: list[Path], seed: int = 0) -> dict:
     """Read one case and return its spacing, shapes and a seeded sample of foreground intensities per channel."""
     data, props = read_case(files)
-    if not np.isfinite(data).all():
-        bad = [str(f) for f, channel in zip(files, data) if not np.isfinite(channel).all()]
+    bad = [str(f) for f in files if count_nonfinite_voxels(f)]
+    if bad:
         raise DatasetError(f"case {case_id}: NaN or infinite voxels in {bad}. Fix: replace them (e.g. with 0) or "
                            "re-export the images; --verify_dataset_integrity lists every such problem at once.")
+    empty = [str(f) for f, channel in zip(files, data) if not channel.any()]
+    if empty:
+        raise DatasetError(f"case {case_id}: {empty} empty (all voxels are 0), so there is nothing to crop, "
+                           "normalise or learn from. Fix: remove the case or replace those files.")
     mask = nonzero_mask(data)
-    if not mask.any():
-        raise DatasetError(f"case {case_id} ({files[0]}, ...): every channel is all zeros, so there is nothing to "
-                           "crop or learn from. Fix: remove the case or replace its files.")
     bbox = bounding_box(mask)
     rng = np.random.default_rng(seed)
     foreground = data[:, mask]

@@ -12,7 +12,7 @@ Physical position of canonical index i: origin + direction @ (spacing * i).
 """
 from diffens_auto.imageio.errors import ImageReadError
 from diffens_auto.imageio.geometry import check_same_geometry, crop_geometry, index_to_world, with_spacing
-from diffens_auto.imageio.reader_writer import read_case, read_image, write_image
+from diffens_auto.imageio.reader_writer import count_nonfinite_voxels, read_case, read_image, write_image
 
-__all__ = ["ImageReadError", "check_same_geometry", "crop_geometry", "index_to_world", "read_case", "read_image",
+__all__ = ["ImageReadError", "check_same_geometry", "count_nonfinite_voxels", "crop_geometry", "index_to_world", "read_case", "read_image",
            "with_spacing", "write_image"]

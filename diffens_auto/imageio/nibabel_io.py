@@ -87,3 +87,11 @@ def _gzip_holds(path: Path, expected: int) -> bool:
     except (EOFError, OSError, zlib.error):
         return False
     return size >= expected
+
+
+def count_nonfinite_nifti(path: str | os.PathLike) -> int:
+    """Count NaN/inf voxels of a NIfTI file as stored (ITK's NIfTI reader silently turns them into 0)."""
+    proxy = nib.load(str(path)).dataobj
+    if np.dtype(proxy.dtype).kind not in "fc":
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.asanyarray(proxy))))

@@ -9,7 +9,8 @@ from diffens_auto.atomic import atomic_path
 from diffens_auto.imageio.errors import ImageReadError, read_error
 from diffens_auto.imageio.geometry import (canonical_reorientation, check_same_geometry, make_props, to_canonical,
                                            to_file_order)
-from diffens_auto.imageio.nibabel_io import check_nifti_complete, is_nifti, read_nibabel, write_nibabel
+from diffens_auto.imageio.nibabel_io import (check_nifti_complete, count_nonfinite_nifti, is_nifti, read_nibabel,
+                                             write_nibabel)
 from diffens_auto.imageio.simpleitk_io import read_simpleitk, write_simpleitk
 
 IDENTITY_REORIENTATION = {"permutation": [0, 1, 2], "flips": [False, False, False]}
@@ -64,6 +65,14 @@ def _as_3d(path: Path, array: np.ndarray, spacing, origin, direction):
     raise read_error(path, f"it is a {array.ndim}D image of size {list(array.shape)}; diffens_auto needs one 3D volume "
                      "per file", "split it into one 3D file per channel or time point "
                      "(CASE_0000.nii.gz, CASE_0001.nii.gz, ...), e.g. with fslsplit or SimpleITK")
+
+
+def count_nonfinite_voxels(path: str | os.PathLike) -> int:
+    """Count the NaN/inf voxels a file really holds (read_image may already have replaced them)."""
+    if is_nifti(path):
+        return count_nonfinite_nifti(path)
+    array, _ = read_image(path)
+    return int(np.count_nonzero(~np.isfinite(array)))
 
 
 def write_image(array: np.ndarray, props: dict, path: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ from synthetic_images import blob, write_sitk
 from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetError, load_dataset_json
 from diffens_auto.dataset.integrity import verify_dataset_integrity
+from diffens_auto.imageio import ImageReadError
 from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
 
 
@@ -90,7 +91,7 @@ def test_num_training_mismatch(small_raw_dataset):
 def test_plan_and_preprocess_stops_on_bad_input_and_writes_nothing(small_raw_dataset, diffens_folders, corrupt,
                                                                    verify):
     bad_file, _ = corrupt(small_raw_dataset)
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises((DatasetError, ImageReadError)) as err:
         plan_and_preprocess(42, preset="tiny", num_processes=1, verify_integrity=verify)
     assert bad_file.name in str(err.value) and "Fix" in str(err.value)
     out = diffens_folders[paths.PREPROCESSED_VARIABLE] / "Dataset042_Small"

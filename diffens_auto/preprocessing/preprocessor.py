@@ -1,0 +1,176 @@
+"""Preprocess one case (crop, resample, normalise) and a whole dataset (in worker processes, resumable).
+
+Properties of a case (JSON, `CASE.json`), everything needed to map a prediction back onto the original image:
+    {"case_id", "files": [...], "channel_names": {"0": "T1", ...},
+     "image_props": imageio props of the original canonical image (geometry, reorientation, io),
+     "shape_before_crop": [X, Y, Z], "bbox": [[lo, hi), x3], "shape_after_crop": [...],
+     "spacing_before_resampling": [...], "spacing_after_resampling": target spacing, "shape_after_resampling": [...],
+     "resampling": {"order", "order_z", "anisotropy_threshold", "separate_z_axis": int | null},
+     "normalization": {"0": {"case": {"center", "half_range"}, "degraded": {"avgpool_4x4x4": {...}},
+                             "dataset": {...} (if the plans have it)}, ...},
+     "preprocessing": the plans settings the case was made with (a changed setting re-preprocesses the case)}
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import traceback
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from diffens_auto.preprocessing import storage
+from diffens_auto.preprocessing.cropping import crop_to_nonzero
+from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_normalization, degraded_targets,
+                                                      normalize)
+from diffens_auto.preprocessing.resampling import (compute_new_shape, resample_data, resample_mask,
+                                                   separate_z_axis)
+
+DEFAULT_RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
+
+
+class PreprocessingError(RuntimeError):
+    """One or more cases could not be preprocessed; the message names each case, its files and the cause."""
+
+
+def resampling_settings(plans: Mapping) -> dict:
+    """Return the plans' resampling settings, with nnU-Net's defaults for missing keys."""
+    settings = {**DEFAULT_RESAMPLING, **plans.get("resampling", {})}
+    return {"order": int(settings["order"]), "order_z": int(settings["order_z"]),
+            "anisotropy_threshold": float(settings["anisotropy_threshold"])}
+
+
+def preprocessing_settings(plans: Mapping) -> dict:
+    """Return (as JSON would) the plans settings a preprocessed case depends on; stored in its properties."""
+    normalization = plans.get("normalization", {})
+    settings = {
+        "target_spacing": [float(s) for s in plans["target_spacing"]],
+        "resampling": resampling_settings(plans),
+        "normalization": {"scheme": normalization.get("scheme", "percentile_affine"),
+                          "percentiles": [float(p) for p in normalization.get("percentiles", DEFAULT_PERCENTILES)],
+                          "dataset": normalization.get("dataset", {})},
+        "degraded_targets": {str(c): v for c, v in degraded_targets(plans).items()},
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _channel_names(plans: Mapping, files: list[Path]) -> dict[str, str]:
+    names = plans.get("channel_names")
+    if names:
+        return {str(k): str(v) for k, v in names.items()}
+    return {str(i): Path(f).name for i, f in enumerate(files)}
+
+
+def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask_original: bool = False):
+    """Read, crop to non-zero, resample to the target spacing and normalise one case.
+
+    Returns (data float32 (C, X, Y, Z), mask uint8 (X, Y, Z), properties), and with `return_mask_original` also
+    the original-resolution foreground of the crop region (uint8), which inversion needs to restore the
+    background exactly.
+    """
+    from diffens_auto.imageio import read_case  # imported late: spawned workers import only what they use
+
+    files = [Path(f) for f in files]
+    names = plans.get("channel_names")
+    if names and len(names) != len(files):
+        raise ValueError(f"case {case_id}: {len(files)} file(s) {[str(f) for f in files]} but the plans have "
+                         f"{len(names)} channels {dict(names)}. Fix: give one file per channel, in channel order.")
+    raw, image_props = read_case(files)
+    cropped, mask_original, bbox = crop_to_nonzero(raw, case_id, files)
+    del raw
+    spacing = [float(s) for s in image_props["spacing"]]
+    target = [float(s) for s in plans["target_spacing"]]
+    resampling = resampling_settings(plans)
+    axis = separate_z_axis(spacing, target, resampling["anisotropy_threshold"])
+    new_shape = compute_new_shape(cropped.shape[1:], spacing, target)
+
+    data = resample_data(cropped, spacing, target, new_shape, resampling["order"], resampling["order_z"],
+                         resampling["anisotropy_threshold"], separate_z=axis)
+    mask = resample_mask(mask_original, spacing, target, new_shape)
+    if not mask.any():  # a foreground of a voxel or two can vanish at a coarser spacing; keep what is non-zero
+        mask = np.any(data != 0, axis=0)
+    # Zero outside the foreground before normalising: removes spline ringing and makes background invert to 0.
+    data[:, ~mask] = 0
+    normalization = case_normalization(data, mask, plans)
+    for c in range(data.shape[0]):
+        data[c] = normalize(data[c], normalization[str(c)]["case"])
+
+    properties = {
+        "case_id": case_id,
+        "files": [str(f) for f in files],
+        "channel_names": _channel_names(plans, files),
+        "image_props": copy.deepcopy(image_props),
+        "shape_before_crop": [int(s) for s in image_props["shape"]],
+        "bbox": [[int(lo), int(hi)] for lo, hi in bbox],
+        "shape_after_crop": [int(s) for s in cropped.shape[1:]],
+        "spacing_before_resampling": spacing,
+        "spacing_after_resampling": target,
+        "shape_after_resampling": [int(s) for s in new_shape],
+        "resampling": {**resampling, "separate_z_axis": axis},
+        "normalization": normalization,
+        "preprocessing": preprocessing_settings(plans),
+    }
+    result = (data, mask.astype(np.uint8), properties)
+    return result + (mask_original.astype(np.uint8),) if return_mask_original else result
+
+
+def preprocess_and_save_case(case_id: str, files: list[Path], plans: Mapping, output_folder: Path) -> None:
+    """Preprocess one case and write its files into `output_folder` (JSON last)."""
+    data, mask, properties, mask_original = preprocess_case(files, plans, case_id, return_mask_original=True)
+    storage.save_case(output_folder, case_id, data, mask, mask_original, properties)
+
+
+def _worker(job) -> tuple[str, str | None]:
+    case_id, files, plans, output_folder = job
+    try:
+        preprocess_and_save_case(case_id, files, plans, output_folder)
+        return case_id, None
+    except Exception as e:  # reported (with every other failure) by the parent after the remaining cases ran
+        return case_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+
+
+def _check_case_ids(case_ids) -> None:
+    clashes = [c for c in case_ids if f"{c}_mask" in case_ids or f"{c}_mask_original" in case_ids]
+    if clashes:
+        raise PreprocessingError(f"case ids {clashes} clash with the '<id>_mask' files of other cases. Fix: rename "
+                                 "the cases so that no id is another id followed by '_mask'.")
+
+
+def preprocess_dataset(cases: Mapping[str, list[Path]], plans: Mapping, output_folder: Path,
+                       num_processes: int = 4, clean: bool = False, verbose: bool = True) -> dict:
+    """Preprocess `cases` ({case_id: files per channel}) into `output_folder`; return a summary.
+
+    Finished cases (made with the same settings) are skipped, so a re-run resumes; `clean` deletes the folder
+    first. A failing case does not stop the others: after all ran, PreprocessingError names each failed case,
+    its files and the cause, while the finished cases stay on disk.
+    """
+    output_folder = Path(output_folder)
+    if clean and output_folder.exists():
+        shutil.rmtree(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    storage.remove_temporary_files(output_folder)
+    _check_case_ids(set(cases))
+    settings = preprocessing_settings(plans)
+    todo = [c for c in sorted(cases) if not storage.is_case_finished(output_folder, c, settings)]
+    skipped = sorted(set(cases) - set(todo))
+    jobs = [(c, [Path(f) for f in cases[c]], dict(plans), output_folder) for c in todo]
+    progress = dict(total=len(jobs), desc="preprocessing", disable=not verbose)
+    if num_processes > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            results = list(tqdm(pool.imap_unordered(_worker, jobs), **progress))
+    else:
+        results = [_worker(job) for job in tqdm(jobs, **progress)]
+    failures = {c: error for c, error in results if error is not None}
+    if failures:
+        report = "\n".join(f"- case {c} (files: {', '.join(str(f) for f in cases[c])}):\n  {failures[c]}"
+                           for c in sorted(failures))
+        raise PreprocessingError(
+            f"{len(failures)} of {len(cases)} case(s) failed to preprocess into {output_folder}:\n{report}\n"
+            f"The {len(cases) - len(failures)} other case(s) are on disk. Fix the failed cases' files (or remove "
+            "the cases) and re-run: finished cases are skipped.")
+    return {"output_folder": str(output_folder), "num_cases": len(cases),
+            "preprocessed": sorted(todo), "skipped": skipped}
