@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REQUIRED_PLANS_KEYS = ("plans_name", "target_spacing", "crop_size", "gpu_memory_target_gb", "diffusion", "tasks",
-                       "configurations")
+from diffens_auto.planning.plans_schema import PlansError, validate_plans
+
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
 
 
@@ -44,9 +44,7 @@ def load_plans(preprocessed_dataset_folder: str | Path, plans_name: str | None =
     try:
         plans = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}). Fix: correct the edit or re-run "
+        raise PlansError(f"{path}: not valid JSON ({e}). Fix: correct the edit or re-run "
                          "diffens_plan_and_preprocess --no_pp to write it again.") from None
-    missing = [k for k in REQUIRED_PLANS_KEYS if k not in plans]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}. Fix: re-run diffens_plan_and_preprocess --no_pp.")
+    validate_plans(plans, source=str(path))
     return plans

@@ -6,10 +6,11 @@ from diffens_auto.dataset.dataset_json import DatasetError
 from diffens_auto.dataset.naming import DatasetNotFoundError
 from diffens_auto.imageio import ImageReadError
 from diffens_auto.paths import PathNotSetError
+from diffens_auto.planning import PlanningError, PlansError, UnknownPresetError
 from diffens_auto.planning.plans_file import PlansNotFoundError
 
-USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError,
-               FileNotFoundError)
+USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError, PlansError,
+               PlanningError, UnknownPresetError, FileNotFoundError)
 
 
 def run_command(work: Callable[[], None]) -> None:
