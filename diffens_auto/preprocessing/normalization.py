@@ -4,9 +4,10 @@ center = (p_lo + p_hi) / 2 and half_range = (p_hi - p_lo) / 2 of the foreground 
 foreground range [p_lo, p_hi] (plans["normalization"]["percentiles"], default 0.5 and 99.5) maps to [-1, 1].
 A parameter set is a plain dict {"center": float, "half_range": float} so it lives in JSON properties as is.
 
-Three parameter sets per channel (see preprocessor.py): "case" (this case's foreground), "degraded" (per
-avgpool degradation of a task's target: from the block-averaged channel alone, because at prediction time only
-the low-resolution image exists) and "dataset" (the fingerprint's, copied from the plans).
+Three parameter sets per channel (see case_normalization): "case" (this case's foreground at its original
+resolution), "degraded" (per avgpool degradation of a task's target: from the block-averaged channel at the target
+spacing alone, because at prediction time only the low-resolution image exists) and "dataset" (the fingerprint's,
+copied from the plans).
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def degraded_params(channel: np.ndarray, factor: Sequence[int],
 
 
 def degradation_key(degradation: Mapping) -> str:
-    """Return the name of a degradation in properties, e.g. {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
+    """Return a degradation's name in properties: {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
     return f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
 
 
@@ -100,20 +101,25 @@ def degraded_targets(plans: Mapping) -> dict[int, dict[str, list[int]]]:
     return out
 
 
-def case_normalization(data: np.ndarray, mask: np.ndarray, plans: Mapping) -> dict[str, dict]:
-    """Return per channel {"case": params, "degraded": {key: params}[, "dataset": params]} of raw `data` (C, X, Y, Z).
+def case_normalization(original: np.ndarray, original_mask: np.ndarray, resampled: np.ndarray,
+                       plans: Mapping) -> dict[str, dict]:
+    """Return per channel {"case": params, "degraded": {key: params}[, "dataset": params]} of one case.
 
-    `data` must already be 0 outside `mask` (the degraded parameters see the background as the low-res image will).
+    "case" comes from the foreground voxels of `original` (C, X, Y, Z), the cropped raw image at its own
+    resolution, as the fingerprint's (and so the "dataset") statistics do: resampling adds partial-volume and
+    spline-ringing voxels at the surface that would pull the low percentile down. "degraded" comes from the
+    block averages of `resampled` (C, X', Y', Z'), raw intensities at the target spacing and 0 outside the
+    foreground, because the degradation operator acts on that grid.
     """
     settings = plans.get("normalization", {})
     percentiles = settings.get("percentiles", DEFAULT_PERCENTILES)
     dataset_params = settings.get("dataset", {})
     degraded = degraded_targets(plans)
-    mask = np.asarray(mask, dtype=bool)
+    original_mask = np.asarray(original_mask, dtype=bool)
     out = {}
-    for c in range(data.shape[0]):
-        entry = {"case": params_from_values(data[c][mask], percentiles),
-                 "degraded": {key: degraded_params(data[c], factor, percentiles)
+    for c in range(original.shape[0]):
+        entry = {"case": params_from_values(original[c][original_mask], percentiles),
+                 "degraded": {key: degraded_params(resampled[c], factor, percentiles)
                               for key, factor in degraded.get(c, {}).items()}}
         if str(c) in dataset_params:
             entry["dataset"] = {k: float(dataset_params[str(c)][k]) for k in ("center", "half_range")}
@@ -122,8 +128,11 @@ def case_normalization(data: np.ndarray, mask: np.ndarray, plans: Mapping) -> di
 
 
 def select_params(channel_normalization: Mapping, which) -> dict:
-    """Pick a parameter set of one channel: "case", "dataset", "degraded:<key>" (e.g. "degraded:avgpool_4x4x4"),
-    "degraded" (the only one there is) or an explicit {"center", "half_range"} dict."""
+    """Pick one parameter set of a channel's normalization entry in the properties.
+
+    `which`: "case", "dataset", "degraded:<key>" (e.g. "degraded:avgpool_4x4x4"), "degraded" (when there is only
+    one) or an explicit {"center", "half_range"} dict.
+    """
     if isinstance(which, Mapping):
         return {"center": float(which["center"]), "half_range": float(which["half_range"])}
     kind, _, key = str(which).partition(":")

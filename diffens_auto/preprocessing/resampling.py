@@ -92,8 +92,8 @@ def resample_data(data: np.ndarray, current_spacing: Sequence[float], new_spacin
 
 
 def resample_mask(mask: np.ndarray, current_spacing: Sequence[float], new_spacing: Sequence[float],
-                  new_shape: Sequence[int] | None = None, method: str = "linear") -> np.ndarray:
-    """Resample a binary (X, Y, Z) mask; "linear": trilinear then >= 0.5, "nearest": nearest neighbour; bool out."""
+                  new_shape: Sequence[int] | None = None, method: str = "linear", threshold: float = 0.5) -> np.ndarray:
+    """Resample a binary (X, Y, Z) mask: "linear" (trilinear, then > `threshold`) or "nearest"; returns bool."""
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"resample_mask expects an (X, Y, Z) mask, got shape {mask.shape}.")
@@ -102,7 +102,7 @@ def resample_mask(mask: np.ndarray, current_spacing: Sequence[float], new_spacin
     if new_shape == mask.shape:
         return mask.astype(bool, copy=True)
     if method == "linear":
-        return _zoom(mask.astype(np.float32), new_shape, 1) >= 0.5
+        return _zoom(mask.astype(np.float32), new_shape, 1) > threshold
     if method == "nearest":
         return _zoom(mask.astype(np.uint8), new_shape, 0).astype(bool)
     raise ValueError(f"resample_mask: method must be 'linear' or 'nearest', got {method!r}.")

@@ -55,7 +55,9 @@ def write_array(array: np.ndarray, path: str | Path) -> None:
 
 def read_array(path: str | Path, mmap: bool = False):
     """Open a blosc2 array file: a lazily decompressing, slicable NDArray if `mmap`, else a numpy array."""
-    array = blosc2.open(str(path), mode="r", mmap_mode="r") if mmap else blosc2.open(str(path), mode="r")
+    # One decompression thread: readers are usually many data-loader processes already.
+    options = {"mmap_mode": "r"} if mmap else {}
+    array = blosc2.open(str(path), mode="r", dparams=blosc2.DParams(nthreads=1), **options)
     return array if mmap else array[...]
 
 

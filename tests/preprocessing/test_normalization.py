@@ -18,7 +18,7 @@ def test_foreground_percentiles_map_to_minus_one_and_one():
     mask[2:14, 3:13, 4:12] = True
     data[0][mask] = rng.gamma(3.0, 100.0, mask.sum())
     data[1][mask] = rng.normal(50, 10, mask.sum())
-    norm = case_normalization(data, mask, PLANS)
+    norm = case_normalization(data, mask, data, PLANS)
     for c in range(2):
         x = normalize(data[c], norm[str(c)]["case"])
         lo, hi = np.percentile(x[mask].astype(np.float64), [0.5, 99.5])

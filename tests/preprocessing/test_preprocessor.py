@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 from diffens_auto.imageio import check_same_geometry, read_image
-from diffens_auto.preprocessing import (EmptyCaseError, export_prediction, invert_preprocessing, preprocess_case,
-                                        renormalize, select_params)
+from diffens_auto.preprocessing import (EmptyCaseError, degraded_params, export_prediction, invert_preprocessing,
+                                        preprocess_case, renormalize, select_params)
 
 
 def oblique_direction(degrees: float = 15.0) -> np.ndarray:
@@ -126,15 +126,20 @@ def test_properties_and_normalisations(tmp_path):
     fg = mask.astype(bool)
     for c in range(2):
         case = props["normalization"][str(c)]["case"]
-        lo, hi = np.percentile(data[c][fg].astype(np.float64), [0.5, 99.5])
-        assert lo == pytest.approx(-1, abs=1e-4) and hi == pytest.approx(1, abs=1e-4)
+        # "case" parameters: percentiles of the original-resolution foreground
+        original, _ = read_image(files[c])
+        lo, hi = np.percentile(original[original != 0].astype(np.float64), [0.5, 99.5])
+        assert case["center"] == pytest.approx((lo + hi) / 2) and case["half_range"] == pytest.approx((hi - lo) / 2)
+        assert np.percentile(data[c][fg], 99.5) == pytest.approx(1, abs=0.05)
         assert np.allclose(data[c][~fg], -case["center"] / case["half_range"])  # background is raw 0
     norm1 = props["normalization"]["1"]
     assert set(norm1["degraded"]) == {"avgpool_4x4x4"} and props["normalization"]["0"]["degraded"] == {}
     assert norm1["dataset"] == {"center": 150.0, "half_range": 150.0}
     degraded = select_params(norm1, "degraded:avgpool_4x4x4")
-    as_degraded = renormalize(data[1], norm1["case"], degraded)
     raw = data[1].astype(np.float64) * norm1["case"]["half_range"] + norm1["case"]["center"]
+    raw[~fg] = 0
+    assert degraded == pytest.approx(degraded_params(raw, (4, 4, 4)), rel=1e-5)
+    as_degraded = renormalize(data[1], norm1["case"], degraded)
     assert np.allclose(as_degraded, (raw - degraded["center"]) / degraded["half_range"], atol=1e-5)
 
 
