@@ -48,6 +48,7 @@ def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset
         "preset": p.name,
         "data_identifier": p.plans_name,
         "dataset_name": dataset_name,
+        "channel_names": {str(k): v for k, v in sorted(names.items())},
         "dtype": p.dtype,
         "target_spacing": target_spacing,
         "crop_size": crop,

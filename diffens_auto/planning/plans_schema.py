@@ -1,7 +1,7 @@
 """What a plans file must contain, and a check later stages run before they trust one."""
 
 REQUIRED_TOP_LEVEL = (
-    "plans_name", "preset", "data_identifier", "dataset_name", "dtype", "target_spacing", "crop_size",
+    "plans_name", "preset", "data_identifier", "dataset_name", "channel_names", "dtype", "target_spacing", "crop_size",
     "gpu_memory_target_gb", "resampling", "normalization", "diffusion", "tasks", "configurations",
     "training", "inference",
 )

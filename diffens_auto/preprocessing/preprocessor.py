@@ -30,15 +30,10 @@ from diffens_auto.preprocessing import storage
 from diffens_auto.preprocessing.cropping import crop_to_nonzero
 from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_normalization, degraded_targets,
                                                       normalize)
-from diffens_auto.preprocessing.resampling import (compute_new_shape, resample_data, resample_mask,
-                                                   separate_z_axis)
+from diffens_auto.preprocessing.resampling import (FOREGROUND_THRESHOLD, compute_new_shape, extend_foreground,
+                                                   resample_data, resample_mask, separate_z_axis)
 
 DEFAULT_RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
-# A target voxel is foreground if the trilinearly resampled original mask exceeds this, i.e. (almost) if any
-# original foreground voxel is within one voxel of it: partial-volume voxels at the surface keep their signal
-# (zeroing them, as a 0.5 threshold does, cost 4-6 dB PSNR of the inverted demo phantoms), while spline ringing
-# further out is removed. The tiny margin above 0 ignores round-off in the interpolation weights.
-FOREGROUND_THRESHOLD = 1e-3
 
 
 class PreprocessingError(RuntimeError):
@@ -96,7 +91,7 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
     axis = separate_z_axis(spacing, target, resampling["anisotropy_threshold"])
     new_shape = compute_new_shape(cropped.shape[1:], spacing, target)
 
-    data = resample_data(cropped, spacing, target, new_shape, resampling["order"], resampling["order_z"],
+    data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape, resampling["order"], resampling["order_z"],
                          resampling["anisotropy_threshold"], separate_z=axis)
     mask = resample_mask(mask_original, spacing, target, new_shape, threshold=FOREGROUND_THRESHOLD)
     if not mask.any():  # a foreground of a voxel or two can vanish at a coarser spacing; keep what is non-zero

@@ -18,6 +18,11 @@ import numpy as np
 from scipy import ndimage
 
 AUTO = "auto"
+# A target voxel is foreground if the trilinearly resampled original mask exceeds this, i.e. (almost) if any
+# original foreground voxel is within one voxel of it: partial-volume voxels at the surface keep their signal
+# (zeroing them, as a 0.5 threshold does, cost 4-6 dB PSNR of the inverted demo phantoms), while spline ringing
+# further out is removed. The tiny margin above 0 ignores round-off in the interpolation weights.
+FOREGROUND_THRESHOLD = 1e-3
 
 
 def compute_new_shape(shape: Sequence[int], current_spacing: Sequence[float],
@@ -106,3 +111,17 @@ def resample_mask(mask: np.ndarray, current_spacing: Sequence[float], new_spacin
     if method == "nearest":
         return _zoom(mask.astype(np.uint8), new_shape, 0).astype(bool)
     raise ValueError(f"resample_mask: method must be 'linear' or 'nearest', got {method!r}.")
+
+
+def extend_foreground(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Return a copy of (C, X, Y, Z) `data` whose background voxels take the value of the nearest foreground voxel.
+
+    Resampling a hard-edged image (bright tissue next to background 0) smears the edge into the surface voxels;
+    with the background filled from inside, interpolation near the surface sees only tissue values, and the
+    background is zeroed again afterwards with the resampled mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all() or not mask.any():
+        return data.copy()
+    nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    return data[(slice(None), *nearest)]
