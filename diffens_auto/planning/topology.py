@@ -93,25 +93,33 @@ def ensembler_out_channels(num_experts: int) -> int:
     return num_experts
 
 
+def _unet(preset: Preset, spatial_dims: int, channels: list[int], attention: list[int], in_channels: int,
+          out_channels: int, dropout: float) -> dict:
+    """The network entries every diffusion U-Net of a plan has (see documentation/planning.md)."""
+    return {
+        "architecture": "diffusion_unet",
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "channels": channels,
+        "num_res_blocks": preset.num_res_blocks,
+        "attention_levels": attention,
+        "mid_attention": (len(channels) - 1) in attention,
+        "num_head_channels": preset.num_head_channels,
+        "time_embed_dim": preset.time_embed_multiplier * channels[0],
+        "dropout": dropout,
+        "norm_num_groups": norm_groups(channels, preset.norm_num_groups),
+        "kernel_size": 3,
+    }
+
+
 def expert_network(preset: Preset, plane_shape, levels: int, in_channels: int, scale: float = 1.0) -> dict:
     """Network dict of a 2D expert whose patch is one slice of `plane_shape`."""
     channels = scaled_channels(preset.expert_base_channels, preset.expert_channel_multipliers, levels, scale,
                                preset.channel_granularity)
     attention = attention_levels(plane_shape, levels, preset.expert_max_attention_tokens)
     return {
-        "architecture": "diffusion_unet",
-        "spatial_dims": 2,
-        "in_channels": in_channels,
-        "out_channels": 1,
-        "channels": channels,
-        "num_res_blocks": preset.num_res_blocks,
-        "attention_levels": attention,
-        "mid_attention": (levels - 1) in attention,
-        "num_head_channels": preset.num_head_channels,
-        "time_embed_dim": preset.time_embed_multiplier * channels[0],
-        "dropout": preset.expert_dropout,
-        "norm_num_groups": norm_groups(channels, preset.norm_num_groups),
-        "kernel_size": 3,
+        **_unet(preset, 2, channels, attention, in_channels, 1, preset.expert_dropout),
         "gradient_checkpointing": False,
         "context_slices": preset.context_slices,
         "position_channels": preset.position_channels,
@@ -128,20 +136,9 @@ def ensembler_network(preset: Preset, volume_shape, levels: int, in_channels: in
     channels = scaled_channels(base, multipliers, levels, scale, preset.channel_granularity)
     attention = attention_levels(volume_shape, levels, preset.ensembler_max_attention_tokens)
     return {
-        "architecture": "diffusion_unet",
-        "spatial_dims": 3,
-        "in_channels": in_channels,
-        "out_channels": ensembler_out_channels(num_experts),
+        **_unet(preset, 3, channels, attention, in_channels, ensembler_out_channels(num_experts),
+                preset.ensembler_dropout),
         "output_heads": {"weights": num_experts - 1, "residual": 1},
-        "channels": channels,
-        "num_res_blocks": preset.num_res_blocks,
-        "attention_levels": attention,
-        "mid_attention": (levels - 1) in attention,
-        "num_head_channels": preset.num_head_channels,
-        "time_embed_dim": preset.time_embed_multiplier * channels[0],
-        "dropout": preset.ensembler_dropout,
-        "norm_num_groups": norm_groups(channels, preset.norm_num_groups),
-        "kernel_size": 3,
         "gradient_checkpointing": True,
         "zero_init_output": True,
         "feature_injection": [],
