@@ -1,6 +1,7 @@
 """Case discovery: nnU-Net's `CASE_XXXX<file_ending>` naming, one file per channel."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -59,3 +60,8 @@ def find_training_cases(spec: DatasetSpec) -> dict[str, list[Path]]:
         raise DatasetError(f"{spec.path / 'imagesTr'}: no images ending in {spec.file_ending}. Fix: put the "
                            "training images there or correct 'file_ending' in dataset.json.")
     return cases
+
+
+def file_stamps(files: list[Path]) -> list[list[int]]:
+    """Return [size, modification time in ns] of each file, to notice raw data that changed since it was used."""
+    return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]

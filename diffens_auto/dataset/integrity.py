@@ -1,13 +1,13 @@
 """`--verify_dataset_integrity`: every case complete, readable, 3D, finite, non-empty, one geometry per case."""
 from __future__ import annotations
 
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from diffens_auto.dataset.cases import find_training_cases
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
+from diffens_auto.workers import map_in_workers
 from diffens_auto.imageio import ImageReadError, check_same_geometry, count_nonfinite_voxels, read_image
 
 
@@ -61,11 +61,7 @@ def verify_dataset_integrity(spec: DatasetSpec, num_processes: int = 4) -> None:
     for case_id, files in sorted(cases.items()):
         label = labels_folder / f"{case_id}{spec.file_ending}"
         jobs.append((case_id, files, label if label.is_file() else None))
-    if num_processes > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            results = pool.starmap(check_case, jobs)
-    else:
-        results = [check_case(*job) for job in jobs]
+    results = map_in_workers(check_case, jobs, num_processes, "integrity check")
     problems += [p for r in results for p in r]
     if problems:
         raise DatasetError(f"Dataset {spec.path} failed the integrity check with {len(problems)} problem(s):\n  "

@@ -17,7 +17,8 @@ def dataset_id(name: str) -> int:
     """Return the numeric id of a `DatasetXXX_Name` folder name."""
     match = _DATASET_NAME.match(name)
     if match is None:
-        raise ValueError(f"{name!r} is not a dataset name of the form DatasetXXX_Name (XXX = three digits).")
+        raise DatasetNotFoundError(f"-d {name!r}: not a dataset name of the form DatasetXXX_Name (XXX = three "
+                                   "digits, e.g. Dataset501_Brains). Fix: pass the folder's exact name or its id.")
     return int(match.group(1))
 
 

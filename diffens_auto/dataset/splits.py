@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from diffens_auto.atomic import atomic_write_json
+from diffens_auto.dataset.dataset_json import DatasetError
 
 DEFAULT_NUM_FOLDS = 5
 DEFAULT_SEED = 12345
@@ -27,7 +28,11 @@ def ensure_splits(path: str | Path, case_ids: list[str], seed: int = DEFAULT_SEE
     """Return the splits at `path`, writing new ones if absent or if they no longer match the cases."""
     path = Path(path)
     if path.is_file():
-        splits = json.loads(path.read_text())
+        try:
+            splits = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e}). Fix: correct it, or delete it to get new seeded "
+                               "splits (the folds of trained models then change).") from None
         if sorted(set(splits[0]["train"]) | set(splits[0]["val"])) == sorted(case_ids):
             return splits
     splits = make_splits(case_ids, seed=seed)

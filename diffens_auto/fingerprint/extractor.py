@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from diffens_auto.atomic import atomic_write_json
+from diffens_auto.dataset.cases import file_stamps
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
 from diffens_auto.imageio import count_nonfinite_voxels, read_case
 from diffens_auto.preprocessing.cropping import bounding_box, nonzero_mask
+from diffens_auto.workers import map_in_workers
 
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 PERCENTILES = (0.5, 99.5)
@@ -54,14 +54,11 @@ def _intensity_statistics(samples: np.ndarray) -> dict:
 def extract_fingerprint(spec: DatasetSpec, cases: dict[str, list[Path]], num_processes: int = 4) -> dict:
     """Compute the dataset fingerprint of `cases` (canonical RAS axis order throughout)."""
     jobs = [(case_id, files, i) for i, (case_id, files) in enumerate(sorted(cases.items()))]
-    if num_processes > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            results = list(tqdm(pool.imap(_case_fingerprint_star, jobs), total=len(jobs), desc="fingerprint"))
-    else:
-        results = [case_fingerprint(*job) for job in tqdm(jobs, desc="fingerprint")]
+    results = map_in_workers(case_fingerprint, jobs, num_processes, "fingerprint")
     samples = np.concatenate([r["foreground_samples"] for r in results], axis=1)
     return {
         "case_identifiers": [r["case_id"] for r in results],
+        "file_stamps": {case_id: file_stamps(files) for case_id, files, _ in jobs},
         "spacings": [r["spacing"] for r in results],
         "shapes_before_crop": [r["shape_before_crop"] for r in results],
         "shapes_after_crop": [r["shape_after_crop"] for r in results],
@@ -71,17 +68,17 @@ def extract_fingerprint(spec: DatasetSpec, cases: dict[str, list[Path]], num_pro
     }
 
 
-def _case_fingerprint_star(job):
-    return case_fingerprint(*job)
-
-
 def load_or_extract_fingerprint(spec: DatasetSpec, cases: dict[str, list[Path]], output_file: Path,
                                 num_processes: int = 4, clean: bool = False) -> dict:
-    """Reuse `output_file` if it fingerprints exactly these cases (and not `clean`), else extract and write it."""
+    """Reuse `output_file` if it fingerprints exactly these files unchanged (and not `clean`), else extract it."""
     output_file = Path(output_file)
     if output_file.is_file() and not clean:
-        fingerprint = json.loads(output_file.read_text())
-        if fingerprint.get("case_identifiers") == sorted(cases):
+        try:
+            fingerprint = json.loads(output_file.read_text())
+        except json.JSONDecodeError:
+            fingerprint = {}  # a damaged file is simply computed again
+        stamps = {case_id: file_stamps(files) for case_id, files in cases.items()}
+        if fingerprint.get("case_identifiers") == sorted(cases) and fingerprint.get("file_stamps") == stamps:
             return fingerprint
     fingerprint = extract_fingerprint(spec, cases, num_processes)
     atomic_write_json(fingerprint, output_file)

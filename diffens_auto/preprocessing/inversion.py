@@ -9,8 +9,7 @@ import numpy as np
 
 from diffens_auto.preprocessing.cropping import paste_into_bbox
 from diffens_auto.preprocessing.normalization import denormalize, select_params
-from diffens_auto.preprocessing.resampling import (FOREGROUND_THRESHOLD, extend_foreground, resample_data,
-                                                   resample_mask)
+from diffens_auto.preprocessing.resampling import extend_foreground, foreground_at_spacing, resample_data
 
 
 def invert_preprocessing(channel_data: np.ndarray, properties: Mapping, channel: int, normalization="case", *,
@@ -38,8 +37,8 @@ def invert_preprocessing(channel_data: np.ndarray, properties: Mapping, channel:
     resampling = properties["resampling"]
     if tuple(channel_data.shape) != shape_after_crop:
         # The same foreground the forward pass kept, so the fill below starts from the voxels that hold tissue.
-        mask = resample_mask(mask_original, properties["spacing_before_resampling"],
-                             properties["spacing_after_resampling"], expected, threshold=FOREGROUND_THRESHOLD)
+        mask = foreground_at_spacing(mask_original, properties["spacing_before_resampling"],
+                                     properties["spacing_after_resampling"], expected)
         values = extend_foreground(values[None], mask)[0]
     values = resample_data(values[None], properties["spacing_after_resampling"],
                            properties["spacing_before_resampling"], new_shape=shape_after_crop,

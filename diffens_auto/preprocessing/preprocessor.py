@@ -1,7 +1,7 @@
 """Preprocess one case (crop, resample, normalise) and a whole dataset (in worker processes, resumable).
 
 Properties of a case (JSON, `CASE.json`), everything needed to map a prediction back onto the original image:
-    {"case_id", "files": [...], "channel_names": {"0": "T1", ...},
+    {"case_id", "files": [...], "file_stamps": [[size, mtime_ns], ...], "channel_names": {"0": "T1", ...},
      "image_props": imageio props of the original canonical image (geometry, reorientation, io),
      "shape_before_crop": [X, Y, Z], "bbox": [[lo, hi), x3], "shape_after_crop": [...],
      "spacing_before_resampling": [...], "spacing_after_resampling": target spacing, "shape_after_resampling": [...],
@@ -16,22 +16,22 @@ import copy
 import json
 import shutil
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 from tqdm import tqdm
 
-from diffens_auto.imageio import read_case
+from diffens_auto.dataset.cases import file_stamps
+from diffens_auto.dataset.dataset_json import DatasetError
+from diffens_auto.imageio import ImageReadError, read_case
 from diffens_auto.preprocessing import storage
 from diffens_auto.preprocessing.cropping import crop_to_nonzero
 from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_normalization, degraded_targets,
                                                       normalize)
-from diffens_auto.preprocessing.resampling import (FOREGROUND_THRESHOLD, compute_new_shape, extend_foreground,
-                                                   resample_data, resample_mask, separate_z_axis)
+from diffens_auto.workers import map_in_workers
+from diffens_auto.preprocessing.resampling import (compute_new_shape, extend_foreground, foreground_at_spacing,
+                                                   resample_data, separate_z_axis)
 
 DEFAULT_RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
 
@@ -93,9 +93,7 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
 
     data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape, resampling["order"], resampling["order_z"],
                          resampling["anisotropy_threshold"], separate_z=axis)
-    mask = resample_mask(mask_original, spacing, target, new_shape, threshold=FOREGROUND_THRESHOLD)
-    if not mask.any():  # a foreground of a voxel or two can vanish at a coarser spacing; keep what is non-zero
-        mask = np.any(data != 0, axis=0)
+    mask = foreground_at_spacing(mask_original, spacing, target, new_shape)
     # Zero outside the foreground before normalising: removes spline ringing and makes background invert to 0.
     data[:, ~mask] = 0
     normalization = case_normalization(cropped, mask_original, data, plans)
@@ -105,6 +103,7 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
     properties = {
         "case_id": case_id,
         "files": [str(f) for f in files],
+        "file_stamps": file_stamps(files),
         "channel_names": _channel_names(plans, files),
         "image_props": copy.deepcopy(image_props),
         "shape_before_crop": [int(s) for s in image_props["shape"]],
@@ -127,30 +126,14 @@ def preprocess_and_save_case(case_id: str, files: list[Path], plans: Mapping, ou
     storage.save_case(output_folder, case_id, data, mask, mask_original, properties)
 
 
-def _worker(job) -> tuple[str, str | None]:
-    case_id, files, plans, output_folder = job
+def _worker(case_id: str, files: list[Path], plans: Mapping, output_folder: Path) -> tuple[str, str | None]:
     try:
         preprocess_and_save_case(case_id, files, plans, output_folder)
         return case_id, None
+    except (DatasetError, ImageReadError, ValueError) as e:  # the user's data: the message says it all
+        return case_id, f"{type(e).__name__}: {e}"
     except Exception as e:  # reported (with every other failure) by the parent after the remaining cases ran
         return case_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
-
-
-def _run_in_workers(jobs: list, num_processes: int, progress: dict) -> list[tuple[str, str | None]]:
-    """Run `_worker` on `jobs` in spawned processes; a worker that dies (e.g. killed for memory) fails its case."""
-    # ProcessPoolExecutor, unlike multiprocessing.Pool, notices a dead worker instead of waiting for it forever.
-    results = []
-    with ProcessPoolExecutor(num_processes, mp_context=get_context("spawn")) as executor:
-        futures = {executor.submit(_worker, job): job[0] for job in jobs}
-        for future in tqdm(as_completed(futures), **progress):
-            try:
-                results.append(future.result())
-            except BrokenProcessPool:
-                results.append((futures[future], "a worker process died while preprocessing (or waiting to "
-                                                  "preprocess) this case: killed for lack of memory, or (for "
-                                                  "a script) no `if __name__ == '__main__':` guard. Fix: re-run "
-                                                  "with fewer processes (-np) or add the guard."))
-    return results
 
 
 def _check_case_ids(case_ids) -> None:
@@ -175,14 +158,11 @@ def preprocess_dataset(cases: Mapping[str, list[Path]], plans: Mapping, output_f
     storage.remove_temporary_files(output_folder)
     _check_case_ids(set(cases))
     settings = preprocessing_settings(plans)
-    todo = [c for c in sorted(cases) if not storage.is_case_finished(output_folder, c, settings)]
+    todo = [c for c in sorted(cases)
+            if not storage.is_case_finished(output_folder, c, settings, file_stamps([Path(f) for f in cases[c]]))]
     skipped = sorted(set(cases) - set(todo))
     jobs = [(c, [Path(f) for f in cases[c]], dict(plans), output_folder) for c in todo]
-    progress = dict(total=len(jobs), desc="preprocessing", disable=not verbose)
-    if num_processes > 1 and len(jobs) > 1:
-        results = _run_in_workers(jobs, min(num_processes, len(jobs)), progress)
-    else:
-        results = [_worker(job) for job in tqdm(jobs, **progress)]
+    results = map_in_workers(_worker, jobs, num_processes, "preprocessing", verbose)
     failures = {c: error for c, error in results if error is not None}
     if failures:
         report = "\n".join(f"- case {c} (files: {', '.join(str(f) for f in cases[c])}):\n  {failures[c]}"

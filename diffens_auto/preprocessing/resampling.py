@@ -125,3 +125,12 @@ def extend_foreground(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return data.copy()
     nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
     return data[(slice(None), *nearest)]
+
+
+def foreground_at_spacing(mask: np.ndarray, current_spacing: Sequence[float], new_spacing: Sequence[float],
+                          new_shape: Sequence[int]) -> np.ndarray:
+    """The foreground mask preprocessing keeps at the new spacing (and inversion recomputes the same way)."""
+    resampled = resample_mask(mask, current_spacing, new_spacing, new_shape, threshold=FOREGROUND_THRESHOLD)
+    if not resampled.any():  # a foreground of a voxel or two can vanish at a coarser spacing: keep its nearest voxels
+        resampled = resample_mask(mask, current_spacing, new_spacing, new_shape, method="nearest")
+    return resampled

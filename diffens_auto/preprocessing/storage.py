@@ -98,18 +98,21 @@ def load_mask_original(folder: str | Path, case_id: str) -> np.ndarray:
     return read_array(case_paths(folder, case_id)["mask_original"])
 
 
-def is_case_finished(folder: str | Path, case_id: str, preprocessing: dict | None = None) -> bool:
-    """True if all files of the case exist (its JSON last); with `preprocessing`, also if it was made with it."""
+def is_case_finished(folder: str | Path, case_id: str, preprocessing: dict | None = None,
+                     stamps: list | None = None) -> bool:
+    """True if all files of the case exist (its JSON last); with `preprocessing` / `stamps`, also if it was made
+    with those settings from raw files of those sizes and modification times."""
     paths = case_paths(folder, case_id)
     if not all(p.is_file() for p in paths.values()):
         return False
-    if preprocessing is None:
+    if preprocessing is None and stamps is None:
         return True
     try:
-        stored = json.loads(paths["properties"].read_text(encoding="utf-8")).get("preprocessing")
+        stored = json.loads(paths["properties"].read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return stored == preprocessing
+    return ((preprocessing is None or stored.get("preprocessing") == preprocessing)
+            and (stamps is None or stored.get("file_stamps") == stamps))
 
 
 def finished_cases(folder: str | Path) -> list[str]:

@@ -8,9 +8,11 @@ from diffens_auto.imageio import ImageReadError
 from diffens_auto.paths import PathNotSetError
 from diffens_auto.planning import PlanningError, PlansError, UnknownPresetError
 from diffens_auto.planning.plans_file import PlansNotFoundError
+from diffens_auto.preprocessing.preprocessor import PreprocessingError
+from diffens_auto.workers import WorkerDiedError
 
 USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError, PlansError,
-               PlanningError, UnknownPresetError, FileNotFoundError)
+               PlanningError, UnknownPresetError, PreprocessingError, WorkerDiedError, FileNotFoundError)
 
 
 def run_command(work: Callable[[], None]) -> None:

@@ -1,6 +1,8 @@
 """`diffens_make_demo_dataset`: write the synthetic DemoBrain dataset into the raw folder."""
 import argparse
 
+from diffens_auto.run.errors import run_command
+
 from diffens_auto.dataset.demo import (
     DEFAULT_NOISE,
     DEFAULT_NUM_CASES,
@@ -30,11 +32,15 @@ def make_demo_dataset_entry() -> None:
     parser.add_argument("-o", "--output_folder", default=None,
                         help="folder to write the dataset into (default: the raw folder, $diffens_raw)")
     args = parser.parse_args()
-    folder = make_demo_dataset(
-        args.output_folder, args.dataset_id, args.num_cases, tuple(args.shape), tuple(args.spacing), args.seed,
-        args.noise,
-    )
-    print(f"Wrote {args.num_cases} demo cases to {folder}")
+
+    def work():
+        try:
+            folder = make_demo_dataset(args.output_folder, args.dataset_id, args.num_cases, tuple(args.shape),
+                                       tuple(args.spacing), args.seed, args.noise)
+        except ValueError as e:  # the arguments do not make a valid phantom
+            parser.error(str(e))
+        print(f"Wrote {args.num_cases} demo cases to {folder}")
+    run_command(work)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""The diffusion U-Net of a plans `network` dict, for 2D experts and 3D ensemblers alike.
+
+Layout (documentation/planning.md, guided-diffusion): time embedding; input conv3 to C_0; per level
+`num_res_blocks` ResBlocks (+ attention), each output kept as a skip, then a stride-2 downsample (also
+kept); middle ResBlock, optional attention, ResBlock; per level from the deepest `num_res_blocks + 1`
+ResBlocks on concat(h, skip) (+ attention), then nearest x2 + conv3; output GroupNorm, SiLU, conv3.
+"""
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import AttentionBlock, Downsample, OutputHead, ResBlock, TimeEmbedding, Upsample, conv_nd
+
+REQUIRED_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "num_res_blocks", "time_embed_dim",
+                 "norm_num_groups")
+
+
+class EncoderLevel(nn.Module):
+    """One encoder level: ResBlocks (each optionally followed by attention) and the downsample below it."""
+
+    def __init__(self, blocks: list, attentions: list | None, downsample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attentions = nn.ModuleList(attentions) if attentions else None
+        self.downsample = downsample
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: ResBlocks on concat(h, skip) (each optionally followed by attention) and the upsample."""
+
+    def __init__(self, blocks: list, attentions: list | None, upsample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attentions = nn.ModuleList(attentions) if attentions else None
+        self.upsample = upsample
+
+
+class MiddleBlock(nn.Module):
+    """ResBlock, optional attention, ResBlock at the deepest level."""
+
+    def __init__(self, block_1: nn.Module, attention: nn.Module | None, block_2: nn.Module):
+        super().__init__()
+        self.block_1, self.attention, self.block_2 = block_1, attention, block_2
+
+
+class DiffusionUNet(nn.Module):
+    """Conditional diffusion U-Net built exactly from a plans `network` dict (2D or 3D via spatial_dims).
+
+    forward(x, t, injected) returns (out, features): features[l] is level l's last encoder block output
+    (after its attention) before downsampling; injected[l], when given, is added there first.
+    """
+
+    def __init__(self, network: dict):
+        super().__init__()
+        missing = [key for key in REQUIRED_KEYS if key not in network]
+        if missing:
+            raise ValueError(f"The network dict lacks {missing}; it must come from the plans (documentation/planning.md).")
+        if network["num_res_blocks"] < 1:
+            raise ValueError("num_res_blocks must be at least 1 (features are taken after a level's last block).")
+        self.network = dict(network)
+        dims, channels = network["spatial_dims"], list(network["channels"])
+        emb, groups = network["time_embed_dim"], network["norm_num_groups"]
+        kernel, dropout = network.get("kernel_size", 3), network.get("dropout", 0.0)
+        attention_levels = set(network.get("attention_levels", []))
+        head_channels = network.get("num_head_channels", max(channels))
+        nrb = network["num_res_blocks"]
+        self.spatial_dims, self.num_levels = dims, len(channels)
+        self.gradient_checkpointing = bool(network.get("gradient_checkpointing", False))
+
+        def res(ci, co):
+            return ResBlock(dims, ci, co, emb, groups, dropout, kernel)
+
+        def attn(c, level):
+            return [AttentionBlock(c, groups, head_channels) for _ in range(nrb)] if level in attention_levels else None
+
+        self.time_embedding = TimeEmbedding(channels[0], emb)
+        self.input_conv = conv_nd(dims, network["in_channels"], channels[0], kernel)
+        skips, ch = [channels[0]], channels[0]
+        self.encoder = nn.ModuleList()
+        for level, cl in enumerate(channels):
+            blocks = []
+            for _ in range(nrb):
+                blocks.append(res(ch, cl))
+                ch = cl
+                skips.append(ch)
+            downsample = Downsample(dims, ch, kernel) if level < self.num_levels - 1 else None
+            if downsample is not None:
+                skips.append(ch)
+            self.encoder.append(EncoderLevel(blocks, attn(cl, level), downsample))
+        mid_attention = AttentionBlock(ch, groups, head_channels) if network.get("mid_attention", False) else None
+        self.middle = MiddleBlock(res(ch, ch), mid_attention, res(ch, ch))
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(self.num_levels)):
+            blocks = []
+            for _ in range(nrb + 1):
+                blocks.append(res(ch + skips.pop(), channels[level]))
+                ch = channels[level]
+            attentions = ([AttentionBlock(ch, groups, head_channels) for _ in range(nrb + 1)]
+                          if level in attention_levels else None)
+            upsample = Upsample(dims, ch, kernel) if level > 0 else None
+            self.decoder.append(DecoderLevel(blocks, attentions, upsample))
+        assert not skips, "every encoder skip is consumed by one decoder block"
+        self.output = OutputHead(dims, ch, network["out_channels"], groups, kernel,
+                                 zero_init=bool(network.get("zero_init_output", False)))
+
+    def _run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        """Run a ResBlock / attention block, recomputing it in backward when checkpointing is active."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _check_injected(self, injected, level: int, h: torch.Tensor):
+        extra = injected[level] if injected is not None and level < len(injected) else None
+        if extra is not None and extra.shape != h.shape:
+            raise ValueError(f"injected[{level}] has shape {tuple(extra.shape)}, but level {level}'s features "
+                             f"have shape {tuple(h.shape)}.")
+        return extra
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, injected: list | None = None):
+        """x (B, in_channels, *spatial), t (B,) integer timesteps -> (out (B, out_channels, *spatial), features)."""
+        if injected is not None and len(injected) > self.num_levels:
+            raise ValueError(f"injected has {len(injected)} entries for a {self.num_levels}-level U-Net.")
+        emb = self.time_embedding(t)
+        h = self.input_conv(x)
+        skips, features = [h], []
+        for level, stage in enumerate(self.encoder):
+            for i, block in enumerate(stage.blocks):
+                h = self._run(block, h, emb)
+                if stage.attentions is not None:
+                    h = self._run(stage.attentions[i], h)
+                if i == len(stage.blocks) - 1:
+                    extra = self._check_injected(injected, level, h)
+                    if extra is not None:
+                        h = h + extra
+                    features.append(h)
+                skips.append(h)
+            if stage.downsample is not None:
+                h = stage.downsample(h)
+                skips.append(h)
+        h = self._run(self.middle.block_1, h, emb)
+        if self.middle.attention is not None:
+            h = self._run(self.middle.attention, h)
+        h = self._run(self.middle.block_2, h, emb)
+        for stage in self.decoder:
+            for i, block in enumerate(stage.blocks):
+                # the concat stays outside the (checkpointed) block, so the block keeps only its input
+                h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+                if stage.attentions is not None:
+                    h = self._run(stage.attentions[i], h)
+            if stage.upsample is not None:
+                h = stage.upsample(h, size=skips[-1].shape[2:])
+        return self.output(h), features

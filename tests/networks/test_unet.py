@@ -1,0 +1,146 @@
+"""DiffusionUNet: exact parameter counts, shapes in 2D and 3D, features, injection, checkpointing."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffens_auto.networks import DiffusionUNet, timestep_embedding
+from diffens_auto.planning import count_parameters, network_for_task
+
+
+def make_network(**overrides) -> dict:
+    network = {"architecture": "diffusion_unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1,
+               "channels": [8, 16, 32], "num_res_blocks": 2, "attention_levels": [1, 2], "mid_attention": True,
+               "num_head_channels": 8, "time_embed_dim": 32, "dropout": 0.0, "norm_num_groups": 4, "kernel_size": 3,
+               "gradient_checkpointing": False, "zero_init_output": False}
+    network.update(overrides)
+    return network
+
+
+HAND_MADE = [
+    make_network(),
+    make_network(num_res_blocks=1, attention_levels=[], mid_attention=False, channels=[4, 8, 8, 16]),
+    make_network(spatial_dims=3, in_channels=5, out_channels=2, channels=[8, 16, 24], attention_levels=[2],
+                 zero_init_output=True, gradient_checkpointing=True),
+]
+
+
+@pytest.mark.parametrize("network", HAND_MADE)
+def test_parameter_count_equals_the_memory_model(network):
+    model = DiffusionUNet(network)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(network)
+
+
+@pytest.mark.parametrize("configuration", ["2d_axial", "2d_sagittal", "3d_ensembler_small"])
+@pytest.mark.parametrize("task", ["sr", "mt"])
+def test_parameter_count_of_tiny_plan_networks(tiny_plans, configuration, task):
+    network = network_for_task(tiny_plans, configuration, task)
+    assert sum(p.numel() for p in DiffusionUNet(network).parameters()) == count_parameters(network)
+
+
+def test_tiny_plan_networks_have_attention_where_the_plan_says(tiny_plans):
+    network = tiny_plans["configurations"]["2d_axial"]["network"]
+    assert network["attention_levels"] == [2] and network["mid_attention"]
+    model = DiffusionUNet(network)
+    assert model.encoder[2].attentions is not None and model.encoder[0].attentions is None
+    assert model.middle.attention is not None
+
+
+@pytest.mark.parametrize("shape", [(32, 24), (31, 17)])
+def test_2d_shapes_and_features(shape, randomize):
+    network = make_network()
+    model = randomize(DiffusionUNet(network))
+    out, features = model(torch.randn(2, 3, *shape), torch.tensor([0, 999]))
+    assert out.shape == (2, 1, *shape)
+    assert [tuple(f.shape) for f in features] == [
+        (2, c, *(math.ceil(s / 2 ** level) for s in shape)) for level, c in enumerate(network["channels"])]
+
+
+def test_3d_shapes_and_features(randomize):
+    network = HAND_MADE[2]
+    model = randomize(DiffusionUNet(network)).eval()
+    out, features = model(torch.randn(1, 5, 16, 12, 8), torch.tensor([10]))
+    assert out.shape == (1, 2, 16, 12, 8)
+    assert [tuple(f.shape[1:]) for f in features] == [(8, 16, 12, 8), (16, 8, 6, 4), (24, 4, 3, 2)]
+
+
+def test_zero_init_output_gives_zero_output():
+    model = DiffusionUNet(HAND_MADE[2])
+    out, _ = model(torch.randn(1, 5, 8, 8, 8), torch.tensor([3]))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_timestep_changes_the_output(randomize):
+    model = randomize(DiffusionUNet(make_network())).eval()
+    x = torch.randn(1, 3, 16, 16)
+    assert not torch.allclose(model(x, torch.tensor([1]))[0], model(x, torch.tensor([900]))[0])
+
+
+def test_timestep_embedding_is_cosines_then_sines():
+    embedding = timestep_embedding(torch.tensor([0, 5]), 8)
+    assert embedding.shape == (2, 8)
+    assert torch.equal(embedding[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    assert embedding[1, 0] == pytest.approx(math.cos(5.0)) and embedding[1, 4] == pytest.approx(math.sin(5.0))
+    assert timestep_embedding(torch.tensor([3]), 7).shape == (1, 7)
+
+
+def test_injected_features_are_added_before_the_skip(randomize):
+    model = randomize(DiffusionUNet(make_network())).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([4, 4])
+    out, features = model(x, t)
+    extra = torch.randn_like(features[1])
+    out_injected, features_injected = model(x, t, [None, extra, None])
+    torch.testing.assert_close(features_injected[1], features[1] + extra)
+    torch.testing.assert_close(features_injected[0], features[0])
+    assert not torch.allclose(out, out_injected)
+    with pytest.raises(ValueError, match=r"injected\[1\]"):
+        model(x, t, [None, extra[:, :, :4], None])
+
+
+def test_missing_network_keys_are_named():
+    with pytest.raises(ValueError, match="channels"):
+        DiffusionUNet({"spatial_dims": 2, "in_channels": 1, "out_channels": 1})
+
+
+def _saved_bytes(model, x, t):
+    kept = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in params:
+            kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out, _ = model(x, t)
+    return sum(kept.values()), out
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(spatial_dims, randomize):
+    shape = (16, 12) if spatial_dims == 2 else (8, 8, 8)
+    network = make_network(spatial_dims=spatial_dims, dropout=0.2, attention_levels=[1])
+    plain = randomize(DiffusionUNet(network)).train()
+    checkpointed = DiffusionUNet({**network, "gradient_checkpointing": True}).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 3, *shape), torch.tensor([7, 300])
+    target = torch.randn(2, 1, *shape)
+    results = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(123)          # the same dropout masks; checkpoint replays the RNG state
+        saved, out = _saved_bytes(model, x, t)
+        F.mse_loss(out, target).backward()
+        results.append((saved, out, {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (saved_a, out_a, grads_a), (saved_b, out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6)
+    assert saved_b < 0.6 * saved_a
+
+
+def test_checkpointing_is_off_in_eval_mode():
+    model = DiffusionUNet(make_network(gradient_checkpointing=True)).eval()
+    saved, _ = _saved_bytes(model, torch.randn(1, 3, 8, 8), torch.tensor([1]))
+    plain_saved, _ = _saved_bytes(DiffusionUNet(make_network()).eval(), torch.randn(1, 3, 8, 8), torch.tensor([1]))
+    assert saved == plain_saved
