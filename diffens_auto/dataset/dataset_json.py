@@ -72,6 +72,13 @@ class DatasetSpec:
         return self.path / "dataset.json"
 
 
+def degradation_key(degradation) -> str:
+    """Name a degradation (a DegradationSpec or its dict): {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
+    if isinstance(degradation, DegradationSpec):
+        degradation = degradation.to_dict()
+    return f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
+
+
 def _fail(json_file: Path, field_name: str, problem: str, fix: str) -> DatasetError:
     return DatasetError(f"{json_file}: field '{field_name}': {problem}. Fix: {fix}")
 

@@ -42,7 +42,7 @@ X0Hook = Callable[[Tensor, int], Tensor]
 
 
 def space_timesteps(num_train_steps: int, section_counts: str | Iterable[int]) -> list[int]:
-    """guided-diffusion's respacing: the kept training steps (ascending) for section counts "50", "10,15,20", "ddim50"."""
+    """guided-diffusion's respacing: the kept training steps (ascending) for "50", "10,15,20", "ddim50" or [50]."""
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
             # DDIM paper striding: the integer stride that gives exactly the desired count, starting at 0
@@ -72,7 +72,7 @@ def space_timesteps(num_train_steps: int, section_counts: str | Iterable[int]) -
 
 
 def respaced_timesteps(num_train_steps: int, num_steps: int, spacing: str) -> torch.Tensor:
-    """The descending training steps a num_steps sampler visits (diffusers' spacings with steps_offset 0, or "guided")."""
+    """The descending training steps a num_steps sampler visits (diffusers' spacings, steps_offset 0; or "guided")."""
     T, N = int(num_train_steps), int(num_steps)
     if not 1 <= N <= T:
         raise ValueError(f"num_steps must be in 1..{T}, got {N}")
@@ -125,7 +125,7 @@ class RespacedSampler:
         return t
 
     def previous_timestep(self, t: int | Tensor) -> int:
-        """The timestep the step from t lands on: the next entry of `.timesteps`, or -1 (alpha_bar = 1) after the last."""
+        """The timestep the step from t lands on: the next entry of `.timesteps`; -1 (alpha_bar = 1) after the last."""
         return self._previous[self._timestep(t)]
 
     def alpha_bars(self, t: int | Tensor) -> tuple[float, float]:
@@ -141,7 +141,7 @@ class RespacedSampler:
 
     def step(self, eps: Tensor, t: int | Tensor, y_t: Tensor, noise: Tensor | None = None,
              generator: torch.Generator | None = None, x0_hook: X0Hook | None = None) -> tuple[Tensor, Tensor]:
-        """One step t -> previous_timestep(t): x0_hat = hook(clip(tweedie)), then the update; returns (y_prev, x0_hat)."""
+        """One step t -> previous_timestep(t): x0_hat = hook(clip(Tweedie)), then the update -> (y_prev, x0_hat)."""
         t = self._timestep(t)
         x0_hat = self.predict_x0(eps, t, y_t)
         if x0_hook is not None:

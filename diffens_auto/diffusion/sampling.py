@@ -13,7 +13,7 @@ Denoiser = Callable[[Tensor, Any, int], Tensor]
 
 def gaussian_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str,
                    dtype: torch.dtype) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved: the same seed gives the same noise anywhere."""
+    """Standard normal noise drawn on the generator's device, then moved: a seed gives the same noise anywhere."""
     source = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
@@ -41,7 +41,8 @@ def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | 
     noise (DDIM with eta 0, the last step) draw nothing.
     `start` replaces the initial noise (e.g. sqrt(alpha_bar_T') A^+ y + sqrt(1 - alpha_bar_T') eps, D3IP Eq. 16);
     it is taken to be y at sampler.timesteps[0]. device defaults to start's, else condition's (if a tensor), else
-    CPU. Runs under torch.no_grad(); a denoiser that needs gradients (test-time adaptation) enables them itself.
+    CPU; dtype is that of the initial noise (start keeps its own). Runs under torch.no_grad(); a denoiser that
+    needs gradients (test-time adaptation) enables them itself with torch.enable_grad().
     """
     generator = _generator(generator, seed)
     if start is not None:

@@ -104,5 +104,6 @@ class NoiseSchedule:
         return (y_t - self._at(self._sqrt_alpha_bar, t, y_t) * x0) / self._at(self._sqrt_one_minus_alpha_bar, t, y_t)
 
     def __repr__(self) -> str:
-        return (f"NoiseSchedule(T={self.num_train_steps}, beta {float(self.betas[0]):.3g}..{float(self.betas[-1]):.3g}, "
+        return (f"NoiseSchedule(T={self.num_train_steps}, "
+                f"beta {float(self.betas[0]):.3g}..{float(self.betas[-1]):.3g}, "
                 f"alpha_bar_T-1={float(self.alpha_bar[-1]):.3g})")

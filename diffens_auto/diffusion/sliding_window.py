@@ -65,7 +65,8 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
     if len(window) != 3 or any(w < 1 for w in window):
         raise ValueError(f"window must be three positive sizes, got {window}.")
     if any(tuple(x.shape[2:]) != spatial for x in inputs):
-        raise ValueError(f"sliding_window inputs must share their spatial shape, got {[tuple(x.shape) for x in inputs]}.")
+        shapes = [tuple(x.shape) for x in inputs]
+        raise ValueError(f"sliding_window inputs must share their spatial shape, got {shapes}.")
     padded = [_pad_to_window(x, window) for x in inputs]
     pads = padded[0][1]
     inputs = [p[0] for p in padded]

@@ -2,6 +2,8 @@
 import math
 from collections.abc import Mapping
 
+from diffens_auto.dataset.dataset_json import degradation_key
+
 from .memory import estimate_inference_memory, estimate_training_memory
 from .presets import Preset, get_preset
 from .topology import (EXPERT_PLANES, PLANE_NAMES, axis_multiples, choose_num_levels, ensembler_in_channels,
@@ -112,7 +114,7 @@ def _task_section(name: str, task, channel_names: dict, p: Preset) -> dict:
         "degradation": degradation,
         "condition_channels": conditions,
         "parametrization": "epsilon_residual" if degradation else "epsilon_target",
-        "target_normalization": "degraded" if degradation else "dataset",
+        "target_normalization": f"degraded:{degradation_key(degradation)}" if degradation else "dataset",
         "input_normalization": "case",
         "ensembler_lambda": p.ensembler_lambda,
     }

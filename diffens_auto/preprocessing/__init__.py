@@ -2,7 +2,7 @@
 from diffens_auto.preprocessing.cropping import (EmptyCaseError, bounding_box, crop_to_bbox, crop_to_nonzero,
                                                  nonzero_mask, paste_into_bbox)
 from diffens_auto.preprocessing.inversion import export_prediction, invert_preprocessing
-from diffens_auto.preprocessing.normalization import (block_average, case_normalization, degradation_key,
+from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key,
                                                       degraded_params, denormalize, normalize, params_from_lowres,
                                                       params_from_values, renormalize, select_params)
 from diffens_auto.preprocessing.preprocessor import (PreprocessingError, preprocess_case, preprocess_dataset,

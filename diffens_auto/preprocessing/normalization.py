@@ -15,6 +15,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from diffens_auto.dataset.dataset_json import degradation_key
+from diffens_auto.operators import avgpool_downsample
+
 DEFAULT_PERCENTILES = (0.5, 99.5)
 # half_range below this fraction of the intensities' magnitude counts as a constant foreground.
 _RELATIVE_FLAT = 1e-6
@@ -54,25 +57,6 @@ def renormalize(x, from_params: Mapping[str, float], to_params: Mapping[str, flo
     return x * scale + shift
 
 
-def block_average(volume: np.ndarray, factor: Sequence[int]) -> np.ndarray:
-    """Average non-overlapping `factor` blocks of `volume` (X, Y, Z); shape ceil(shape / factor).
-
-    A shape not divisible by the factor is padded at the end by repeating the last slice (edge replication),
-    so the last, partial block along an axis averages its real voxels with copies of the outermost one.
-    """
-    volume = np.asarray(volume, dtype=np.float64)
-    factor = tuple(int(f) for f in factor)
-    if len(factor) != volume.ndim or min(factor) < 1:
-        raise ValueError(f"block_average: factor {factor} does not fit a volume of shape {volume.shape}.")
-    pad = [(0, -s % f) for s, f in zip(volume.shape, factor)]
-    if any(p for _, p in pad):
-        volume = np.pad(volume, pad, mode="edge")
-    blocks = []
-    for s, f in zip(volume.shape, factor):
-        blocks += [s // f, f]
-    return volume.reshape(blocks).mean(axis=tuple(range(1, 2 * volume.ndim, 2)))
-
-
 def params_from_lowres(lowres: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     """Return the parameters of a low-resolution (degraded) channel from its non-zero voxels alone."""
     lowres = np.asarray(lowres)
@@ -82,12 +66,7 @@ def params_from_lowres(lowres: np.ndarray, percentiles: Sequence[float] = DEFAUL
 def degraded_params(channel: np.ndarray, factor: Sequence[int],
                     percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     """Return the parameters of `channel` (raw intensities, background 0) after avgpool degradation by `factor`."""
-    return params_from_lowres(block_average(channel, factor), percentiles)
-
-
-def degradation_key(degradation: Mapping) -> str:
-    """Return a degradation's name in properties: {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
-    return f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
+    return params_from_lowres(avgpool_downsample(np.asarray(channel, dtype=np.float64), factor), percentiles)
 
 
 def degraded_targets(plans: Mapping) -> dict[int, dict[str, list[int]]]:

@@ -1,4 +1,4 @@
-"""The sampling loop: the exact-noise oracle recovers its volume, seeds make it deterministic, the x0 hook is respected."""
+"""The sampling loop: the exact-noise oracle recovers its volume, a seed makes it deterministic, x0 hooks hold."""
 import pytest
 import torch
 from torch import nn

@@ -153,3 +153,36 @@ def test_runner_from_network_and_grad():
         ExpertRunner(expert, 3, 4)
     with pytest.raises(ValueError):
         ExpertRunner(expert, 2, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_expert_network():
+    """The tiny preset's axial expert network dict (task sr), made 2.5D: one context slice on each side."""
+    from diffens_auto.planning import network_for_task, plan_experiment
+    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [[16, 16, 16]] * 2,
+                   "foreground_intensity_properties_per_channel": {
+                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(2)}}
+    tasks = {"sr": {"target": 1, "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}}}
+    plans = plan_experiment(fingerprint, tasks, {0: "T1", 1: "T2"}, "Dataset001_Tiny", gpu_memory_target_gb=8,
+                            preset="tiny")
+    network = {**network_for_task(plans, "2d_axial", "sr"), "context_slices": 1}
+    network["in_channels"] = 1 + 1 * 3
+    return network
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_real_expert_slice_batches_equal_per_slice_loop(tiny_expert_network, slice_axis):
+    from diffens_auto.networks import build_expert
+    torch.manual_seed(0)
+    expert = build_expert(tiny_expert_network).eval()
+    y_t, condition = torch.randn(2, 1, 8, 12, 4), torch.randn(2, 1, 8, 12, 4)
+    t = torch.tensor([3, 640])
+    with torch.no_grad():
+        eps_ref, features_ref = loop_reference(expert, y_t, condition, t, slice_axis, 1)
+    for batch_size in (3, 64):
+        eps, features = ExpertRunner.from_network(expert, tiny_expert_network, slice_axis, batch_size)(
+            y_t, condition, t, want_features=True)
+        assert (eps - eps_ref).abs().max() <= 1e-5
+        assert len(features) == len(tiny_expert_network["channels"])
+        for f, f_ref in zip(features, features_ref):
+            assert f.shape == f_ref.shape and (f - f_ref).abs().max() <= 1e-5

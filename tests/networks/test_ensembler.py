@@ -30,11 +30,20 @@ def inputs(network, shape, num_experts, batch=1, seed=1):
     return condition, y_t, eps, torch.full((batch,), 321)
 
 
+SHAPE = [16, 16, 8]     # smaller than the plan's 32 x 32 x 24 crop (fast), still divisible by the stride 4
+
+
 @pytest.fixture(scope="module")
 def tiny_ensembler(tiny_plans):
-    network = network_for_task(tiny_plans, "3d_ensembler", "sr")
-    shape = tiny_plans["configurations"]["3d_ensembler"]["fine_tune_shape"]
-    return network, shape
+    return network_for_task(tiny_plans, "3d_ensembler", "sr"), SHAPE
+
+
+def test_restacked_feature_shapes_are_the_plans(tiny_plans):
+    configuration = tiny_plans["configurations"]["3d_ensembler"]
+    network = configuration["network"]
+    features = restacked_features(tiny_plans, network, configuration["fine_tune_shape"])
+    for entry in network["feature_injection"]:
+        assert list(features[entry["expert"]][entry["expert_level"]].shape[2:]) == entry["restacked_shape"]
 
 
 def test_parameter_count_includes_the_injection_convs(tiny_ensembler, tiny_plans):
@@ -56,21 +65,23 @@ def test_untrained_ensembler_is_the_average_of_two_experts_bitwise(tiny_ensemble
         if not name.startswith(("unet.output.conv", "injection_convs")):
             randomize(parameter, seed=len(name))
     condition, y_t, eps, t = inputs(network, shape, 2, batch=2)
-    eps_hat = model(condition, y_t, eps, t, restacked_features(tiny_plans, network, shape, batch=2))
+    with torch.no_grad():
+        eps_hat = model(condition, y_t, eps, t, restacked_features(tiny_plans, network, shape, batch=2))
     assert eps_hat.shape == (2, 1, *shape)
     assert torch.equal(eps_hat, (eps[0] + eps[1]) / 2)
 
 
 def test_untrained_ensembler_is_the_average_of_three_experts(tiny_plans):
     experts = {name: tiny_plans["configurations"][name] for name in ["2d_axial", "2d_coronal", "2d_sagittal"]}
-    shape = tiny_plans["configurations"]["3d_ensembler"]["fine_tune_shape"]
+    shape = SHAPE
     network = network_for_task(tiny_plans, "3d_ensembler", "mt")
     network.update(in_channels=1 + 1 + 3, out_channels=3, output_heads={"weights": 2, "residual": 1})
     network["feature_injection"] = feature_injection(experts, network, shape)
     model = Ensembler(network, list(experts), ["epsilon_target"] * 3)
     assert sum(p.numel() for p in model.parameters()) == count_parameters(network)
     condition, y_t, eps, t = inputs(network, shape, 3)
-    eps_hat = model(condition, y_t, eps, t, restacked_features(tiny_plans, network, shape))
+    with torch.no_grad():
+        eps_hat = model(condition, y_t, eps, t, restacked_features(tiny_plans, network, shape))
     assert (eps_hat - (eps[0] + eps[1] + eps[2]) / 3).abs().max() <= 1e-6
 
 
@@ -137,7 +148,7 @@ def test_ensembler_input_errors(tiny_ensembler, tiny_plans):
     with pytest.raises(ValueError, match="2 experts"):
         model(condition, y_t, eps[:1], t, restacked_features(tiny_plans, network, shape))
     features = restacked_features(tiny_plans, network, shape)
-    features["2d_axial"][1] = features["2d_axial"][1][..., :8]
+    features["2d_axial"][1] = features["2d_axial"][1][..., :4]
     with pytest.raises(ValueError, match="2d_axial"):
         model(condition, y_t, eps, t, features)
     with pytest.raises(ValueError, match="out_channels"):

@@ -123,7 +123,7 @@ def test_per_task_channels_and_task_section(brats_40):
     assert brats_40["tasks"]["both"] == {
         "target": 3, "target_name": "FLAIR", "inputs": [1], "input_names": ["T1ce"],
         "degradation": {"type": "avgpool", "factor": [4, 4, 4]}, "condition_channels": [1, 3],
-        "parametrization": "epsilon_residual", "target_normalization": "degraded", "input_normalization": "case",
+        "parametrization": "epsilon_residual", "target_normalization": "degraded:avgpool_4x4x4", "input_normalization": "case",
         "ensembler_lambda": 1.0}
     mt = brats_40["tasks"]["mt"]
     assert (mt["parametrization"], mt["target_normalization"], mt["condition_channels"]) == \

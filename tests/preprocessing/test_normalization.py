@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diffens_auto.preprocessing.normalization import (block_average, case_normalization, degradation_key,
+from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key,
                                                       degraded_params, denormalize, normalize, params_from_lowres,
                                                       params_from_values, renormalize, select_params)
 
@@ -47,12 +47,12 @@ def test_degraded_params_come_from_block_means():
     assert degradation_key({"type": "avgpool", "factor": [4, 4, 2]}) == "avgpool_4x4x2"
 
 
-def test_block_average_pads_non_divisible_shapes_by_edge_replication():
-    x = np.arange(5.0).reshape(5, 1, 1)
-    out = block_average(x, (4, 1, 1))
-    assert out.shape == (2, 1, 1)
-    assert out[:, 0, 0].tolist() == [1.5, 4.0]  # last block: the 5th voxel and 3 copies of it
-    assert block_average(np.ones((9, 7, 5)), (4, 4, 4)).shape == (3, 2, 2)
+def test_degraded_params_average_partial_blocks_over_their_real_voxels():
+    channel = np.zeros((6, 4, 4))
+    channel[:, 1:3, 1:3] = np.arange(6.0)[:, None, None] + 1
+    # Blocks of 4 along X: voxels 1..4 -> 2.5 and the partial block 5, 6 -> 5.5 (as the AvgPoolSR operator does).
+    lowres = np.array([2.5 * 4 / 16, 5.5 * 4 / 16])
+    assert degraded_params(channel, (4, 4, 4)) == pytest.approx(params_from_lowres(lowres))
 
 
 def test_renormalize_switches_parameter_sets_exactly():
