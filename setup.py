@@ -34,6 +34,7 @@ setup(
             "diffens_preprocess=diffens_auto.run.plan_and_preprocess:preprocess_entry",
             "diffens_make_demo_dataset=diffens_auto.run.make_demo_dataset:make_demo_dataset_entry",
             "diffens_demo=diffens_auto.run.demo:demo_entry",
+            "diffens_benchmark=diffens_auto.run.benchmark:benchmark_entry",
         ],
     },
 )

@@ -42,7 +42,8 @@ def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | 
     `start` replaces the initial noise (e.g. sqrt(alpha_bar_T') A^+ y + sqrt(1 - alpha_bar_T') eps, D3IP Eq. 16);
     it is taken to be y at sampler.timesteps[0]. device defaults to start's, else condition's (if a tensor), else
     CPU; dtype is that of the initial noise (start keeps its own). Runs under torch.no_grad(); a denoiser that
-    needs gradients (test-time adaptation) enables them itself with torch.enable_grad().
+    needs gradients (test-time adaptation) enables them itself with torch.enable_grad(). A denoiser with a
+    `reset()` method (the strategies) is reset first, so every sample starts in the same state.
     """
     generator = _generator(generator, seed)
     if start is not None:
@@ -55,6 +56,8 @@ def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | 
         if device is None:
             device = condition.device if isinstance(condition, Tensor) else "cpu"
         y = gaussian_noise(shape, generator, device, dtype)
+    if hasattr(denoiser, "reset"):  # strategies that keep state between steps (TPDM's turn) start afresh
+        denoiser.reset()
     steps = sampler.timesteps.tolist()
     if progress:
         from tqdm.auto import tqdm

@@ -281,8 +281,7 @@ def test_sampling_with_each_strategy_is_deterministic(tiny, name):
     sampler = sampler_from_plans(plans["diffusion"], num_steps=3)
     _, condition = volumes()
     results = []
-    for _ in range(2):
-        strategy.reset()    # TPDM starts every sampling run with its first expert
+    for _ in range(2):  # sample() resets the strategy, so TPDM starts every run with its first expert
         results.append(sample(strategy, sampler, (1, 1, 16, 16, 16), condition, seed=7))
     assert results[0].shape == (1, 1, 16, 16, 16) and torch.isfinite(results[0]).all()
     assert torch.equal(results[0], results[1])
