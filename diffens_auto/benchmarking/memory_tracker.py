@@ -62,7 +62,7 @@ class PeakMemoryTracker(TorchDispatchMode):
                 self._add(item.untyped_storage())
             elif isinstance(item, dict):
                 self.track(*item.values())
-            elif isinstance(item, (list, tuple)) or hasattr(item, "__iter__"):
+            elif hasattr(item, "__iter__") and not isinstance(item, (str, bytes)):
                 self.track(*item)
 
     def lap(self, label: str) -> int:
@@ -185,7 +185,8 @@ def measure_training_step(configuration: dict, *, experts: dict | None = None, s
     resident = tracker.live_bytes
     with tracker:
         step(tracker)
-    return StepMeasurement(peak_bytes=tracker.peak_bytes, resident_bytes=resident, phase_peaks=dict(tracker.phase_peaks))
+    return StepMeasurement(peak_bytes=tracker.peak_bytes, resident_bytes=resident,
+                           phase_peaks=dict(tracker.phase_peaks))
 
 
 def relative_error(estimate: float, measured: float) -> float:

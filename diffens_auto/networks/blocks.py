@@ -71,7 +71,8 @@ class ResBlock(nn.Module):
         self.norm_2 = nn.GroupNorm(norm_num_groups, out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv_2 = zero_(conv_nd(spatial_dims, out_channels, out_channels, kernel_size))
-        self.skip = conv_nd(spatial_dims, in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = (conv_nd(spatial_dims, in_channels, out_channels, 1) if in_channels != out_channels
+                     else nn.Identity())
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, *spatial), emb (B, E) -> (B, C_out, *spatial)."""

@@ -68,8 +68,9 @@ class Ensembler(nn.Module):
         if not self.feature_injection:
             return None
         if expert_features is None:
-            raise ValueError(f"This ensembler injects features of {sorted({e['expert'] for e in self.feature_injection})}; "
-                             f"pass expert_features (restacked per-level maps of each expert).")
+            names = sorted({entry["expert"] for entry in self.feature_injection})
+            raise ValueError(f"This ensembler injects features of {names}; pass expert_features (restacked "
+                             f"per-level maps of each expert).")
         injected = [None] * self.unet.num_levels
         for entry in self.feature_injection:
             name, level = entry["expert"], entry["ensembler_level"]

@@ -16,7 +16,8 @@ def expert_input_channels(num_conditions: int, context_slices: int = 0, position
 def build_expert(network: dict) -> DiffusionUNet:
     """The 2D expert U-Net of a plans network dict; forward(x, t) -> (eps (B, 1, H, W), features)."""
     if network.get("spatial_dims") != 2:
-        raise ValueError(f"An expert is a 2D network; this network dict has spatial_dims {network.get('spatial_dims')}.")
+        raise ValueError(f"An expert is a 2D network; this network dict has spatial_dims "
+                         f"{network.get('spatial_dims')}.")
     if network.get("out_channels") != 1:
         raise ValueError(f"An expert predicts one noise channel; this network dict has out_channels "
                          f"{network.get('out_channels')}.")

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from .blocks import AttentionBlock, ResBlock
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _SAVED_FLAGS = "_lora_saved_requires_grad"   # per-parameter requires_grad before inject_lora, restored on removal
 
@@ -75,8 +77,6 @@ def _in_blocks(name: str, block_names: set) -> bool:
 
 def default_lora_target(model: nn.Module):
     """D3IP's choice: every conv and linear layer inside a ResBlock or an attention block."""
-    from .blocks import AttentionBlock, ResBlock
-
     blocks = {name for name, module in model.named_modules() if isinstance(module, (ResBlock, AttentionBlock))}
     return lambda name, module: _in_blocks(name, blocks)
 

@@ -54,7 +54,8 @@ class DiffusionUNet(nn.Module):
         super().__init__()
         missing = [key for key in REQUIRED_KEYS if key not in network]
         if missing:
-            raise ValueError(f"The network dict lacks {missing}; it must come from the plans (documentation/planning.md).")
+            raise ValueError(f"The network dict lacks {missing}; it must come from the plans "
+                             f"(documentation/planning.md).")
         if network["num_res_blocks"] < 1:
             raise ValueError("num_res_blocks must be at least 1 (features are taken after a level's last block).")
         self.network = dict(network)

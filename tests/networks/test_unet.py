@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from diffens_auto.networks import DiffusionUNet, timestep_embedding
 from diffens_auto.planning import count_parameters, network_for_task
+from diffens_auto.planning.memory import training_activations
 
 
 def make_network(**overrides) -> dict:
@@ -115,6 +116,14 @@ def _saved_bytes(model, x, t):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out, _ = model(x, t)
     return sum(kept.values()), out
+
+
+@pytest.mark.parametrize("network", [make_network(), make_network(spatial_dims=3, attention_levels=[2])])
+def test_saved_tensors_match_the_memory_model(network):
+    """In float32 the tensors autograd keeps are what planning.memory.training_activations counts."""
+    shape, batch = ((32, 24), 2) if network["spatial_dims"] == 2 else ((16, 16, 8), 1)
+    saved, _ = _saved_bytes(DiffusionUNet(network), torch.randn(batch, 3, *shape), torch.tensor([9] * batch))
+    assert training_activations(network, shape, batch, "float32")[0] == pytest.approx(saved, rel=0.01)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
