@@ -5,6 +5,8 @@ from pathlib import Path
 RAW_VARIABLE = "diffens_raw"
 PREPROCESSED_VARIABLE = "diffens_preprocessed"
 RESULTS_VARIABLE = "diffens_results"
+AUGMENTATION_WORKERS_VARIABLE = "diffens_n_proc_DA"   # like nnU-Net's nnUNet_n_proc_DA
+DEFAULT_AUGMENTATION_WORKERS = 2
 
 
 class PathNotSetError(RuntimeError):
@@ -35,6 +37,22 @@ def preprocessed_folder() -> Path:
 def results_folder() -> Path:
     """Return the folder holding trained models (`diffens_results`)."""
     return _folder_from_environment(RESULTS_VARIABLE, "trained models")
+
+
+def augmentation_workers() -> int:
+    """Data-augmentation worker processes per training process (`diffens_n_proc_DA`, default 2; 0 = in-process)."""
+    value = os.environ.get(AUGMENTATION_WORKERS_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_AUGMENTATION_WORKERS
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise ValueError(f"The environment variable '{AUGMENTATION_WORKERS_VARIABLE}' is {value!r}; it must be a "
+                         f"whole number >= 0 (0 runs the data augmentation in the training process), e.g. "
+                         f"`export {AUGMENTATION_WORKERS_VARIABLE}=4`.")
+    return workers
 
 
 def use_folders(root: str | os.PathLike) -> dict[str, Path]:

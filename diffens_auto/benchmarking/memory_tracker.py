@@ -12,7 +12,6 @@ step, EMA update) of a plans configuration in float32 on the CPU and returns the
 including the parameters, gradients, Adam moments and EMA copy, and for an ensembler the frozen
 experts, their slice-batch forward and the restacked features they hand to the injection convs.
 """
-import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import ExpertRunner
-from diffens_auto.networks import Ensembler, build_expert
+from diffens_auto.networks import Ensembler, build_expert, expert_input_channels
 
 
 class PeakMemoryTracker(TorchDispatchMode):
@@ -119,11 +118,14 @@ class _Step:
             self.model = Ensembler(self.network, names, ["epsilon_target"] * len(names))
             n_cond = self.network["in_channels"] - 1 - len(names)
             for name in names:
-                expert = build_expert({**experts[name]["network"], "in_channels": 1 + n_cond}).eval()
+                # a configuration's network has the largest in_channels over the tasks; match the ensembler's n_cond
+                network = experts[name]["network"]
+                network = {**network, "in_channels": expert_input_channels(
+                    n_cond, network.get("context_slices", 0), network.get("position_channels", 0))}
+                expert = build_expert(network).eval()
                 expert.requires_grad_(False)
-                self.runners.append(ExpertRunner.from_network(expert, experts[name]["network"],
-                                                              experts[name]["slice_axis"], slice_batch_size,
-                                                              name=name))
+                self.runners.append(ExpertRunner.from_network(expert, network, experts[name]["slice_axis"],
+                                                              slice_batch_size, name=name))
             self.condition_channels = n_cond
         else:
             self.model = build_expert(self.network)
@@ -188,7 +190,3 @@ def measure_training_step(configuration: dict, *, experts: dict | None = None, s
     return StepMeasurement(peak_bytes=tracker.peak_bytes, resident_bytes=resident,
                            phase_peaks=dict(tracker.phase_peaks))
 
-
-def relative_error(estimate: float, measured: float) -> float:
-    """(estimate - measured) / measured."""
-    return (estimate - measured) / measured if measured else math.inf

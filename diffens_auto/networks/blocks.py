@@ -51,8 +51,12 @@ class TimeEmbedding(nn.Module):
         self.linear_2 = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embedding (B, embed_dim) of timesteps t (B,)."""
-        return self.linear_2(F.silu(self.linear_1(timestep_embedding(t, self.base_channels))))
+        """Embedding (B, embed_dim) of timesteps t (B,), in the dtype of the layer's weights."""
+        # computed in float32 on the weights' device, then cast to their dtype so that a .half() / bfloat16 model
+        # runs; the parameters are read rather than .weight so that a LoRA-wrapped linear_1 works too
+        weight = next(self.linear_1.parameters())
+        sinusoid = timestep_embedding(t.to(weight.device), self.base_channels).to(weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(sinusoid)))
 
 
 class ResBlock(nn.Module):

@@ -6,8 +6,6 @@ at every level through one aligning Conv3d each (kernel = stride = 2^l along the
 head gives N - 1 free weight maps and one residual map R; w_N = -(w_1 + ... + w_{N-1}) keeps the weights
 zero-sum, so with the zero-initialised output conv an untrained ensembler returns the plain average.
 """
-import math
-
 import torch
 from torch import nn
 
@@ -29,7 +27,12 @@ def combine_expert_eps(expert_eps: list, weights: torch.Tensor, residual: torch.
 
 
 class Ensembler(nn.Module):
-    """Diff-Ensembler's 3D network: weight maps and residual from (conditions, y_t, experts' eps, features)."""
+    """Diff-Ensembler's 3D network: weight maps and residual from (conditions, y_t, experts' eps, features).
+
+    `experts` names the experts in input order; `parametrization` is their common target parametrization
+    (experts trained with different ones are refused), for training and prediction to check a loaded
+    ensembler's experts against.
+    """
 
     def __init__(self, network: dict, experts: list, parametrizations: list, ensembler_lambda: float = 1.0):
         super().__init__()
@@ -46,8 +49,12 @@ class Ensembler(nn.Module):
         if network["out_channels"] != len(experts):
             raise ValueError(f"The ensembler's out_channels ({network['out_channels']}) must equal its number of "
                              f"experts ({len(experts)}: N - 1 weight maps and one residual).")
+        heads = {"weights": len(experts) - 1, "residual": 1}
+        if "output_heads" in network and network["output_heads"] != heads:
+            raise ValueError(f"The ensembler's output_heads {network['output_heads']} must be {heads} for its "
+                             f"{len(experts)} experts (N - 1 free weight maps, then the residual R).")
         self.experts = experts
-        self.parametrization = parametrizations[0] if parametrizations else None
+        self.parametrization = parametrizations[0] if parametrizations else None    # the experts' common one
         self.ensembler_lambda = float(ensembler_lambda)
         self.unet = DiffusionUNet(network)
         self.feature_injection = [dict(entry) for entry in network.get("feature_injection", [])]
@@ -63,26 +70,27 @@ class Ensembler(nn.Module):
     def _key(entry: dict) -> str:
         return f"{entry['expert']}_level{entry['expert_level']}"
 
-    def _injected(self, expert_features: dict | None, spatial) -> list | None:
-        """Per ensembler level, the sum of the aligned expert features landing there (None where none)."""
+    def _injected(self, expert_features: dict | None) -> list | None:
+        """Per ensembler level, the sum of the aligned expert features landing there (None where none).
+
+        DiffusionUNet checks each sum against its level's shape; here only the summands must agree.
+        """
         if not self.feature_injection:
             return None
         if expert_features is None:
             names = sorted({entry["expert"] for entry in self.feature_injection})
             raise ValueError(f"This ensembler injects features of {names}; pass expert_features (restacked "
                              f"per-level maps of each expert).")
-        injected = [None] * self.unet.num_levels
+        injected, sources = [None] * self.unet.num_levels, [[] for _ in range(self.unet.num_levels)]
         for entry in self.feature_injection:
             name, level = entry["expert"], entry["ensembler_level"]
             if name not in expert_features or len(expert_features[name]) <= entry["expert_level"]:
                 raise ValueError(f"expert_features lacks level {entry['expert_level']} of expert '{name}'.")
             aligned = self.injection_convs[self._key(entry)](expert_features[name][entry["expert_level"]])
-            expected = [math.ceil(s / 2 ** level) for s in spatial]
-            if list(aligned.shape[2:]) != expected:
-                raise ValueError(f"Expert '{name}' level {entry['expert_level']} features of shape "
-                                 f"{tuple(expert_features[name][entry['expert_level']].shape)} align to "
-                                 f"{tuple(aligned.shape[2:])}, but ensembler level {level} is {tuple(expected)}; "
-                                 f"the input's axes must be multiples of 2^(levels-1).")
+            sources[level].append(f"'{name}' level {entry['expert_level']} -> {tuple(aligned.shape)}")
+            if injected[level] is not None and injected[level].shape != aligned.shape:
+                raise ValueError(f"The expert features aligned to ensembler level {level} differ in shape "
+                                 f"({', '.join(sources[level])}); restack every expert's features from one volume.")
             injected[level] = aligned if injected[level] is None else injected[level] + aligned
         return injected
 
@@ -96,7 +104,7 @@ class Ensembler(nn.Module):
         if x.shape[1] != self.unet.network["in_channels"]:
             raise ValueError(f"concat(condition, y_t, eps...) has {x.shape[1]} channels; the network expects "
                              f"{self.unet.network['in_channels']} (conditions + 1 + {len(self.experts)}).")
-        out, _ = self.unet(x, t, self._injected(expert_features, x.shape[2:]))
+        out, _ = self.unet(x, t, self._injected(expert_features))
         free, residual = out[:, :-1], out[:, -1:]
         weights = torch.cat([free, -free.sum(dim=1, keepdim=True)], dim=1)
         return weights, residual

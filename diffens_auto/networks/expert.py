@@ -14,7 +14,10 @@ def expert_input_channels(num_conditions: int, context_slices: int = 0, position
 
 
 def build_expert(network: dict) -> DiffusionUNet:
-    """The 2D expert U-Net of a plans network dict; forward(x, t) -> (eps (B, 1, H, W), features)."""
+    """The 2D expert U-Net of a plans network dict; forward(x, t) -> (eps (B, 1, H, W), features).
+
+    The plans' `returns_features` is informational: an expert always returns its features, so false is refused.
+    """
     if network.get("spatial_dims") != 2:
         raise ValueError(f"An expert is a 2D network; this network dict has spatial_dims "
                          f"{network.get('spatial_dims')}.")
@@ -27,4 +30,7 @@ def build_expert(network: dict) -> DiffusionUNet:
         raise ValueError(f"in_channels {network['in_channels']} is not 1 (y_t) + n_cond x {per_condition} "
                          f"(context) + {network.get('position_channels', 0)} (positions) for any n_cond; use "
                          f"network_for_task(plans, configuration, task).")
+    if not network.get("returns_features", True):
+        raise ValueError("An expert always returns its encoder features (the ensembler injects them); the "
+                         "network dict's returns_features must be true or absent.")
     return DiffusionUNet(network)

@@ -47,7 +47,8 @@ class DiffusionUNet(nn.Module):
     """Conditional diffusion U-Net built exactly from a plans `network` dict (2D or 3D via spatial_dims).
 
     forward(x, t, injected) returns (out, features): features[l] is level l's last encoder block output
-    (after its attention) before downsampling; injected[l], when given, is added there first.
+    (after its attention) before downsampling; injected[l], when given, is added there first (this class checks
+    its shape, for every caller).
     """
 
     def __init__(self, network: dict):
@@ -110,12 +111,16 @@ class DiffusionUNet(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def _check_injected(self, injected, level: int, h: torch.Tensor):
+    @staticmethod
+    def _add_injected(injected, level: int, h: torch.Tensor) -> torch.Tensor:
+        """h plus injected[level], which must have h's exact shape (no broadcasting); h itself when None."""
         extra = injected[level] if injected is not None and level < len(injected) else None
-        if extra is not None and extra.shape != h.shape:
-            raise ValueError(f"injected[{level}] has shape {tuple(extra.shape)}, but level {level}'s features "
-                             f"have shape {tuple(h.shape)}.")
-        return extra
+        if extra is None:
+            return h
+        if extra.shape != h.shape:
+            raise ValueError(f"injected[{level}] has shape {tuple(extra.shape)}, but level {level}'s features have "
+                             f"shape {tuple(h.shape)}; the input's axes must be multiples of 2^(levels-1).")
+        return h + extra
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, injected: list | None = None):
         """x (B, in_channels, *spatial), t (B,) integer timesteps -> (out (B, out_channels, *spatial), features)."""
@@ -130,9 +135,7 @@ class DiffusionUNet(nn.Module):
                 if stage.attentions is not None:
                     h = self._run(stage.attentions[i], h)
                 if i == len(stage.blocks) - 1:
-                    extra = self._check_injected(injected, level, h)
-                    if extra is not None:
-                        h = h + extra
+                    h = self._add_injected(injected, level, h)
                     features.append(h)
                 skips.append(h)
             if stage.downsample is not None:

@@ -117,15 +117,16 @@ class AvgPoolSR:
 def avgpool_downsample(volume, factor: int | Sequence[int]):
     """Block-mean a numpy array or torch tensor over its trailing len(factor) axes (AvgPoolSR.A's convention).
 
-    An int factor means the same factor on the last three axes.
-
-    numpy: computed in float64, returned in the input's floating dtype (float64 for integer input).
-    torch: computed and returned in the tensor's own (floating) dtype.
+    An int factor means the same factor on the last three axes. Output dtype, the same for numpy and torch (and
+    for `degrade_image`): a floating input keeps its dtype, an integer or bool input gives float32.
+    numpy input is computed in float64; a torch tensor in its own floating dtype (float64 for integer input).
     """
-    if isinstance(volume, torch.Tensor):
-        return AvgPoolSR(factor).A(volume)
-    volume = np.asarray(volume)
-    out_dtype = volume.dtype if np.issubdtype(volume.dtype, np.floating) else np.float64
     operator = AvgPoolSR(factor)
+    if isinstance(volume, torch.Tensor):
+        if volume.is_floating_point():
+            return operator.A(volume)
+        return operator.A(volume.to(torch.float64)).to(torch.float32)
+    volume = np.asarray(volume)
+    out_dtype = volume.dtype if np.issubdtype(volume.dtype, np.floating) else np.float32
     result = operator.A(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))).numpy()
     return result.astype(out_dtype, copy=False)

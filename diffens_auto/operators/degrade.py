@@ -70,12 +70,11 @@ def highres_grid(lowres_props: Mapping, factor: int | Sequence[int], hr_shape: S
 def degrade_image(array: np.ndarray, props: Mapping, degradation: Mapping) -> tuple[np.ndarray, dict]:
     """Apply a task's degradation to a canonical (X, Y, Z) array and its props; returns (lowres array, lowres props).
 
-    Values are A(array) computed in float64 and returned in the array's floating dtype (float32 for integers).
+    Values are A(array) computed in float64 and returned in the array's floating dtype (float32 for integer
+    input), the same convention as `avgpool_downsample`.
     """
     factor = _check(degradation)
     array = np.asarray(array)
     if array.ndim != 3 or list(array.shape) != [int(n) for n in props["shape"]]:
         raise ValueError(f"degrade_image: array of shape {array.shape} does not match props shape {props['shape']}.")
-    dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float32
-    lowres = avgpool_downsample(array.astype(np.float64, copy=False), factor).astype(dtype, copy=False)
-    return lowres, lowres_grid(props, factor)
+    return avgpool_downsample(array, factor), lowres_grid(props, factor)

@@ -7,6 +7,9 @@ import math
 
 import numpy as np
 
+# the input-channel rule of an expert lives with the networks; planning re-exports it under its own name
+from diffens_auto.networks.expert import expert_input_channels as expert_in_channels  # noqa: F401
+
 from .presets import Preset
 
 EXPERT_PLANES = {"2d_axial": 2, "2d_coronal": 1, "2d_sagittal": 0}   # configuration -> slice axis
@@ -76,11 +79,6 @@ def attention_levels(plane_shape, levels: int, max_tokens: int) -> list[int]:
     """Levels whose feature map has at most `max_tokens` positions."""
     return [level for level in range(levels)
             if math.prod(math.ceil(s / 2 ** level) for s in plane_shape) <= max_tokens]
-
-
-def expert_in_channels(num_conditions: int, context_slices: int, position_channels: int) -> int:
-    """Noisy target + every condition channel with its 2 x context_slices neighbours + position channels."""
-    return 1 + num_conditions * (1 + 2 * context_slices) + position_channels
 
 
 def ensembler_in_channels(num_conditions: int, num_experts: int) -> int:

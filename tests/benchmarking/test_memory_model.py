@@ -37,6 +37,7 @@ CASES = {
     "2d_expert_checkpointed": ("2d_axial", {"gradient_checkpointing": True}),
     "3d_ensembler_with_features_checkpointed": ("3d_ensembler", {}),
     "3d_ensembler_with_features_plain": ("3d_ensembler", {"gradient_checkpointing": False}),
+    "3d_ensembler_small": ("3d_ensembler_small", {}),
 }
 
 
@@ -55,6 +56,17 @@ def test_memory_model_is_within_25_percent_of_the_measured_peak(tiny_plans, case
     assert abs(expected - measured.peak_bytes) <= TOLERANCE * measured.peak_bytes, (
         f"{case}: estimate {expected / 2**20:.2f} MiB vs measured {measured.peak_bytes / 2**20:.2f} MiB "
         f"(phases {measured.phase_peaks})")
+
+
+def test_ensembler_step_with_2_5d_experts_runs(tiny_plans):
+    """Experts with context slices and position channels get their own in_channels, not 1 + n_cond."""
+    chosen, experts = configuration(tiny_plans, "3d_ensembler")
+    for name in experts:
+        experts[name] = copy.deepcopy(experts[name])
+        experts[name]["network"].update(context_slices=1, position_channels=3)
+    measured = measure_training_step(chosen, experts=experts, slice_batch_size=8)
+    assert measured.peak_bytes > measured.resident_bytes > 0
+    assert measured.phase_peaks["expert_forward"] > 0
 
 
 # ------------------------------------------------------------------------------------- the tracker itself

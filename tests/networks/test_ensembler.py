@@ -133,10 +133,35 @@ def test_untrained_ensembler_learns_from_the_first_step(tiny_ensembler, tiny_pla
     assert model.unet.output.conv.weight.grad.abs().max() > 0
 
 
-def test_ensembler_refuses_mixed_parametrizations(tiny_ensembler):
+def test_ensembler_refuses_mixed_parametrizations_and_exposes_the_common_one(tiny_ensembler):
     network, _ = tiny_ensembler
     with pytest.raises(ValueError, match=r"2d_axial: epsilon_target, 2d_sagittal: epsilon_residual"):
         Ensembler(network, EXPERTS, ["epsilon_target", "epsilon_residual"])
+    model = Ensembler(network, EXPERTS, ["epsilon_residual"] * 2)
+    assert model.parametrization == "epsilon_residual" and model.experts == EXPERTS
+
+
+def test_ensembler_checks_the_plans_output_heads(tiny_ensembler):
+    network, _ = tiny_ensembler
+    assert network["output_heads"] == {"weights": 1, "residual": 1}
+    Ensembler(network, EXPERTS, ["epsilon_target"] * 2)
+    with pytest.raises(ValueError, match="output_heads"):
+        Ensembler({**network, "output_heads": {"weights": 2, "residual": 1}}, EXPERTS, ["epsilon_target"] * 2)
+    with pytest.raises(ValueError, match="output_heads"):
+        Ensembler({**network, "output_heads": {"weights": 1}}, EXPERTS, ["epsilon_target"] * 2)
+
+
+def test_bfloat16_ensembler_runs_on_cpu(tiny_ensembler, tiny_plans):
+    network, shape = tiny_ensembler
+    model = Ensembler(network, EXPERTS, ["epsilon_target"] * 2).to(torch.bfloat16).eval()
+    condition, y_t, eps, t = inputs(network, shape, 2)
+    features = restacked_features(tiny_plans, network, shape)
+    cast = [tensor.to(torch.bfloat16) for tensor in (condition, y_t, *eps)]
+    features = {name: [f.to(torch.bfloat16) for f in levels] for name, levels in features.items()}
+    with torch.no_grad():
+        eps_hat = model(cast[0], cast[1], cast[2:], t, features)
+    assert eps_hat.dtype == torch.bfloat16 and eps_hat.shape == (1, 1, *shape)
+    assert torch.equal(eps_hat, 0.5 * cast[2] + 0.5 * cast[3])       # untrained: the average, in bfloat16 too
 
 
 def test_ensembler_input_errors(tiny_ensembler, tiny_plans):
@@ -149,8 +174,11 @@ def test_ensembler_input_errors(tiny_ensembler, tiny_plans):
         model(condition, y_t, eps[:1], t, restacked_features(tiny_plans, network, shape))
     features = restacked_features(tiny_plans, network, shape)
     features["2d_axial"][1] = features["2d_axial"][1][..., :4]
-    with pytest.raises(ValueError, match="2d_axial"):
+    with pytest.raises(ValueError, match=r"level 1 differ in shape \('2d_axial' level 1 -> \(1, 16, 8, 8, 2\)"):
         model(condition, y_t, eps, t, features)
+    other_volume = restacked_features(tiny_plans, network, [16, 16, 16])     # consistent, but not this input's
+    with pytest.raises(ValueError, match=r"injected\[0\] has shape \(1, 8, 16, 16, 16\)"):
+        model(condition, y_t, eps, t, other_volume)
     with pytest.raises(ValueError, match="out_channels"):
         Ensembler(network, ["2d_axial"], ["epsilon_residual"])
     with pytest.raises(ValueError, match="2d_sagittal"):

@@ -43,10 +43,10 @@ def test_expert_noise_and_features_match_the_plans(tiny_plans, configuration):
         assert list(restack(features[level], axis, 1).shape[2:]) == entry["restacked_shape"]
 
 
-def test_input_channels_follow_the_planning_rule():
-    for conditions, context, positions in [(1, 0, 0), (2, 2, 3), (1, 1, 0)]:
-        assert expert_input_channels(conditions, context, positions) == expert_in_channels(conditions, context,
-                                                                                            positions)
+def test_planning_uses_the_networks_input_channel_rule():
+    assert expert_in_channels is expert_input_channels           # one rule, planning imports the networks'
+    for (conditions, context, positions), expected in [((1, 0, 0), 2), ((2, 2, 3), 14), ((1, 1, 0), 4)]:
+        assert expert_input_channels(conditions, context, positions) == expected
 
 
 def test_expert_with_context_and_positions(tiny_plans):
@@ -64,3 +64,16 @@ def test_build_expert_refuses_inconsistent_dicts(tiny_plans):
         build_expert({**network, "out_channels": 2})
     with pytest.raises(ValueError, match="in_channels"):
         build_expert({**network, "context_slices": 1, "in_channels": 3})
+    with pytest.raises(ValueError, match="returns_features"):
+        build_expert({**network, "returns_features": False})
+    assert network["returns_features"] is True                   # the plans' value, informational
+    build_expert({key: value for key, value in network.items() if key != "returns_features"})
+
+
+def test_bfloat16_expert_runs_on_cpu(tiny_plans):
+    network = network_for_task(tiny_plans, "2d_axial", "mt")
+    expert = build_expert(network).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        eps, features = expert(torch.randn(2, network["in_channels"], 32, 32, dtype=torch.bfloat16),
+                               torch.tensor([0, 999]))
+    assert eps.dtype == torch.bfloat16 and all(f.dtype == torch.bfloat16 for f in features)

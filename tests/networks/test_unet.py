@@ -97,6 +97,20 @@ def test_injected_features_are_added_before_the_skip(randomize):
     assert not torch.allclose(out, out_injected)
     with pytest.raises(ValueError, match=r"injected\[1\]"):
         model(x, t, [None, extra[:, :, :4], None])
+    with pytest.raises(ValueError, match=r"injected\[1\]"):        # broadcastable, still refused
+        model(x, t, [None, extra[:, :, :1], None])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_cast_network_runs_in_its_dtype(dtype, spatial_dims):
+    """model.to(bfloat16 / float16): the float32 timestep sinusoid follows the weights (CPU runs both dtypes)."""
+    model = DiffusionUNet(make_network(spatial_dims=spatial_dims)).to(dtype).eval()
+    x = torch.randn(1, 3, *[8] * spatial_dims, dtype=dtype)
+    with torch.no_grad():
+        out, features = model(x, torch.tensor([999]))
+    assert out.dtype == dtype and all(f.dtype == dtype for f in features)
+    assert torch.isfinite(out).all()
 
 
 def test_missing_network_keys_are_named():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffens_auto.operators import AvgPoolSR, avgpool_downsample
+from diffens_auto.operators import AvgPoolSR, avgpool_downsample, degrade_image
 
 FACTORS = [(4, 4, 4), (2, 2, 4), (1, 1, 4)]
 SHAPES = [(16, 16, 16), (17, 18, 13)]
@@ -89,5 +89,19 @@ def test_avgpool_downsample_numpy_and_torch_agree():
     assert out.dtype == np.float32 and out.shape == (3, 4, 3)
     expected = AvgPoolSR((4, 2, 2)).A(torch.from_numpy(volume.astype(np.float64))[None, None])[0, 0].numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-    assert avgpool_downsample(np.ones((4, 4, 4), dtype=np.int16), 2).dtype == np.float64
     torch.testing.assert_close(avgpool_downsample(torch.from_numpy(volume), (4, 2, 2)), torch.from_numpy(out))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int64, np.float32, np.float64])
+def test_avgpool_downsample_and_degrade_image_share_the_dtype_convention(dtype):
+    """Floating input keeps its dtype, integer input gives float32: numpy, torch and degrade_image alike."""
+    volume = np.arange(6 * 5 * 4).reshape(6, 5, 4).astype(dtype)
+    expected_dtype = np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
+    means = AvgPoolSR((2, 2, 2)).A(torch.from_numpy(volume.astype(np.float64)))
+    props = {"spacing": [1.0, 1.0, 1.0], "origin": [0.0, 0.0, 0.0], "direction": np.eye(3).tolist(),
+             "shape": [6, 5, 4]}
+    outputs = [avgpool_downsample(volume, 2), degrade_image(volume, props, {"type": "avgpool", "factor": 2})[0],
+               avgpool_downsample(torch.from_numpy(volume), 2).numpy()]
+    for out in outputs:
+        assert out.dtype == expected_dtype
+        np.testing.assert_allclose(out, means.numpy(), rtol=1e-6)

@@ -1,0 +1,127 @@
+"""Task conditioning: renormalisation for a task, the SR condition up(A(target)), parametrisations and inverses."""
+import numpy as np
+import pytest
+import torch
+
+from diffens_auto.operators import AvgPoolSR, degrade_image, operator_for
+from diffens_auto.preprocessing.storage import load_case
+from diffens_auto.training.conditioning import (make_condition, target_from_y0, task_background, task_volumes,
+                                                upsample_to_grid)
+
+
+def _raw(x, params):
+    """Undo a normalisation by hand, in float64."""
+    return np.asarray(x, dtype=np.float64) * params["half_range"] + params["center"]
+
+
+@pytest.mark.parametrize("task", ["sr", "mt", "both"])
+def test_task_volumes_renormalise_to_the_tasks_parameters(demo_data, task):
+    case = demo_data.train[0]
+    data, mask, properties = load_case(demo_data.data_folder, case, mmap=True)
+    plans, task_plans = demo_data.plans, demo_data.plans["tasks"][task]
+    target, inputs = task_volumes(data, properties, plans, task)
+    data = data[...]
+    assert target.dtype == np.float32 and target.shape == (1,) + data.shape[1:]
+    assert inputs.shape == (len(task_plans["inputs"]),) + data.shape[1:]
+
+    ch = str(task_plans["target"])
+    stored = properties["normalization"][ch]["case"]
+    if task_plans["target_normalization"] == "dataset":
+        wanted = plans["normalization"]["dataset"][ch]
+    else:
+        wanted = properties["normalization"][ch]["degraded"][task_plans["target_normalization"].split(":")[1]]
+    # the same raw intensities, expressed with the task's parameters: x_task = (raw - center) / half_range
+    expected = (_raw(data[int(ch)], stored) - wanted["center"]) / wanted["half_range"]
+    np.testing.assert_allclose(target[0], expected, atol=1e-5)
+    for k, c in enumerate(task_plans["inputs"]):
+        np.testing.assert_array_equal(inputs[k], data[c])   # inputs keep their stored "case" normalisation
+
+    background = task_background(properties, plans, task)
+    outside = np.asarray(mask[...]) == 0
+    assert outside.any()
+    np.testing.assert_allclose(target[0][outside], background[0], atol=1e-5)
+    np.testing.assert_allclose(background[0], -wanted["center"] / wanted["half_range"], rtol=1e-6)
+    for k in range(inputs.shape[0]):
+        np.testing.assert_allclose(inputs[k][outside], background[1 + k], atol=1e-5)
+
+
+def test_task_volumes_take_torch_tensors(demo_data):
+    data, _, properties = load_case(demo_data.data_folder, demo_data.train[0], mmap=False)
+    target_np, inputs_np = task_volumes(data, properties, demo_data.plans, "both")
+    target_t, inputs_t = task_volumes(torch.from_numpy(data), properties, demo_data.plans, "both")
+    torch.testing.assert_close(target_t, torch.from_numpy(target_np))
+    torch.testing.assert_close(inputs_t, torch.from_numpy(inputs_np))
+
+
+def test_upsample_to_grid_puts_lowres_voxels_at_block_centres():
+    factor = (4, 2, 1)
+    x = torch.arange(16, dtype=torch.float64)
+    ramp = (x.view(-1, 1, 1) + 0.5 * x[:8].view(1, -1, 1) + 0 * x[:6].view(1, 1, -1)).expand(16, 8, 6)[None, None]
+    lowres = AvgPoolSR(factor).A(ramp)
+    up = upsample_to_grid(lowres, factor, ramp.shape[2:])
+    assert up.shape == ramp.shape
+    # a linear function is reproduced exactly between the first and last block centres
+    torch.testing.assert_close(up[..., 2:14, 1:7, :], ramp[..., 2:14, 1:7, :])
+    # a partial last block is cropped away, a missing one padded from the edge
+    assert upsample_to_grid(lowres, factor, (14, 8, 6)).shape[2:] == (14, 8, 6)
+    padded = upsample_to_grid(lowres, factor, (17, 8, 6))
+    torch.testing.assert_close(padded[..., 16, :, :], padded[..., 15, :, :])
+
+
+def _volumes(n_inputs, shape=(8, 12, 8), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((2, 1) + shape, generator=g), torch.randn((2, n_inputs) + shape, generator=g)
+
+
+def test_sr_condition_is_the_upsampled_degraded_target(plans):
+    task_plans = plans["tasks"]["sr"]
+    target, inputs = _volumes(0)
+    condition, y0 = make_condition(target, inputs, task_plans)
+    operator = operator_for(task_plans["degradation"])
+    expected = upsample_to_grid(operator.A(target), operator.factor, target.shape[2:])
+    assert condition.shape == target.shape
+    torch.testing.assert_close(condition, expected, rtol=0, atol=0)
+    torch.testing.assert_close(y0, (target - expected) / 2)   # epsilon_residual (public code)
+    # the same block means as degrade_image, which makes the low-resolution inputs at prediction time
+    props = {"shape": list(target.shape[2:]), "spacing": [1.0] * 3, "origin": [0.0] * 3,
+             "direction": np.eye(3).tolist()}
+    lowres, _ = degrade_image(target[0, 0].numpy(), props, task_plans["degradation"])
+    torch.testing.assert_close(operator.A(target)[0, 0], torch.from_numpy(lowres))
+
+
+def test_mt_condition_is_the_inputs_and_y0_the_target(plans):
+    task_plans = plans["tasks"]["mt"]
+    target, inputs = _volumes(1)
+    condition, y0 = make_condition(target, inputs, task_plans)
+    torch.testing.assert_close(condition, inputs, rtol=0, atol=0)
+    torch.testing.assert_close(y0, target, rtol=0, atol=0)
+    assert y0.data_ptr() != target.data_ptr()
+
+
+def test_both_condition_is_inputs_then_degraded_target(plans):
+    task_plans = plans["tasks"]["both"]
+    target, inputs = _volumes(1)
+    condition, _ = make_condition(target, inputs, task_plans)
+    assert condition.shape[1] == len(task_plans["condition_channels"]) == 2
+    torch.testing.assert_close(condition[:, :1], inputs, rtol=0, atol=0)
+    operator = operator_for(task_plans["degradation"])
+    torch.testing.assert_close(condition[:, 1:], upsample_to_grid(operator.A(target), operator.factor, (8, 12, 8)))
+
+
+@pytest.mark.parametrize("task", ["sr", "mt", "both"])
+@pytest.mark.parametrize("parametrization", ["epsilon_target", "epsilon_residual"])
+def test_target_from_y0_inverts_make_condition(plans, task, parametrization):
+    task_plans = dict(plans["tasks"][task], parametrization=parametrization)
+    target, inputs = _volumes(len(task_plans["inputs"]))
+    if parametrization == "epsilon_residual" and not task_plans["degradation"]:
+        with pytest.raises(ValueError, match="needs a degradation"):
+            make_condition(target, inputs, task_plans)
+        return
+    condition, y0 = make_condition(target, inputs, task_plans)
+    torch.testing.assert_close(target_from_y0(y0, condition, task_plans), target, rtol=0, atol=1e-6)
+
+
+def test_condition_channel_count_is_checked(plans):
+    target, inputs = _volumes(2)
+    with pytest.raises(ValueError, match="condition channels"):
+        make_condition(target, inputs, plans["tasks"]["both"])
