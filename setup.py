@@ -35,6 +35,7 @@ setup(
             "diffens_make_demo_dataset=diffens_auto.run.make_demo_dataset:make_demo_dataset_entry",
             "diffens_demo=diffens_auto.run.demo:demo_entry",
             "diffens_benchmark=diffens_auto.run.benchmark:benchmark_entry",
+            "diffens_train=diffens_auto.run.train:train_entry",
         ],
     },
 )

@@ -9,10 +9,14 @@ from diffens_auto.paths import PathNotSetError
 from diffens_auto.planning import PlanningError, PlansError, UnknownPresetError
 from diffens_auto.planning.plans_file import PlansNotFoundError
 from diffens_auto.preprocessing.preprocessor import PreprocessingError
+from diffens_auto.training.checkpoints import CheckpointError
+from diffens_auto.training.experts import ExpertMismatchError
+from diffens_auto.training.trainer import TrainingSetupError
 from diffens_auto.workers import WorkerDiedError
 
 USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError, PlansError,
-               PlanningError, UnknownPresetError, PreprocessingError, WorkerDiedError, FileNotFoundError)
+               PlanningError, UnknownPresetError, PreprocessingError, WorkerDiedError, FileNotFoundError,
+               TrainingSetupError, ExpertMismatchError, CheckpointError)
 
 
 def run_command(work: Callable[[], None]) -> None:
