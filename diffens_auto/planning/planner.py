@@ -138,7 +138,8 @@ def _normalization(fingerprint: dict, channel_names: dict) -> dict:
 def _diffusion(p: Preset) -> dict:
     return {"num_train_steps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
             "sampler": "ddim", "eta": 0.0, "num_inference_steps": p.num_inference_steps,
-            "timestep_spacing": "leading", "clip_x0": True, "consistency_projection": True}
+            "timestep_spacing": "leading", "ddpm_timestep_spacing": "guided", "ddpm_variance": "fixed_small",
+            "clip_x0": True, "consistency_projection": True}
 
 
 # ---------------------------------------------------------------- fitting into the memory budget
