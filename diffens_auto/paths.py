@@ -7,6 +7,8 @@ PREPROCESSED_VARIABLE = "diffens_preprocessed"
 RESULTS_VARIABLE = "diffens_results"
 AUGMENTATION_WORKERS_VARIABLE = "diffens_n_proc_DA"   # like nnU-Net's nnUNet_n_proc_DA
 DEFAULT_AUGMENTATION_WORKERS = 2
+# what torchrun (torch.distributed.run) sets in each process it starts
+DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class PathNotSetError(RuntimeError):
@@ -53,6 +55,27 @@ def augmentation_workers() -> int:
                          f"whole number >= 0 (0 runs the data augmentation in the training process), e.g. "
                          f"`export {AUGMENTATION_WORKERS_VARIABLE}=4`.")
     return workers
+
+
+def distributed_environment() -> dict | None:
+    """What a launcher such as torchrun set for this process, or None when WORLD_SIZE is not set.
+
+    Returns {"rank", "world_size", "local_rank", "local_world_size", "master_addr", "master_port"}: whole numbers
+    (local_world_size defaults to world_size, local_rank to rank) and the rendezvous address and port as given.
+    """
+    values = {name: os.environ.get(name, "").strip() for name in DISTRIBUTED_VARIABLES}
+    if not values["WORLD_SIZE"]:
+        return None
+    numbers = {}
+    for name, default in (("WORLD_SIZE", None), ("RANK", "0"), ("LOCAL_RANK", values["RANK"] or "0"),
+                          ("LOCAL_WORLD_SIZE", values["WORLD_SIZE"])):
+        text = values[name] or default
+        if not text.isdigit():
+            raise ValueError(f"The environment variable '{name}' is {values[name]!r}; a launcher such as torchrun "
+                             "sets it to a whole number >= 0. Start data-parallel runs with torchrun (or -num_gpus "
+                             "on one machine).")
+        numbers[name.lower()] = int(text)
+    return {**numbers, "master_addr": values["MASTER_ADDR"] or None, "master_port": values["MASTER_PORT"] or None}
 
 
 def use_folders(root: str | os.PathLike) -> dict[str, Path]:

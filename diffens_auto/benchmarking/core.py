@@ -1,8 +1,9 @@
 """`diffens_benchmark core`: speed of one denoising step per ensembling strategy on a tiny plan.
 
-Reports, for a cubic volume (default 64^3): seconds per denoising step of each strategy, the learned/TPDM
-time ratio, the speed-up of batched expert slices over a per-slice loop, and achieved GFLOP/s (FLOPs counted by
-torch.utils.flop_counter) against the GFLOP/s of one large convolution measured on the same machine.
+Reports, for a cubic volume (default 64^3): seconds per denoising step of each strategy (TPDM and the averages
+fuse the same experts as the ensembler, see `build_strategies`), the learned/TPDM time ratio, the speed-up of
+batched expert slices over a per-slice loop, and achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter)
+against the GFLOP/s of one large convolution measured on the same machine.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
 
 TASK = "sr"
-STRATEGIES = ("2d_axial", "tpdm", "average", "3d_ensembler", "3d_ensembler_small")
+STRATEGIES = ("2d_axial", "tpdm", "average", "average_3planes", "3d_ensembler", "3d_ensembler_small")
 
 
 def tiny_plans(volume: int) -> dict:
@@ -45,6 +46,26 @@ def build_models(plans: dict, slice_batch_size: int) -> tuple[dict, dict]:
             ensemblers[name] = Ensembler(network, config["experts"], [parametrization] * len(config["experts"]),
                                          plans["tasks"][TASK]["ensembler_lambda"]).eval()
     return runners, ensemblers
+
+
+def build_strategies(plans: dict, runners: dict, ensemblers: dict) -> dict:
+    """The benchmarked strategies, built as prediction builds them (see STRATEGIES).
+
+    `tpdm` and `average` fuse the experts of the `3d_ensembler` configuration (what the learned strategies
+    fuse; axial + sagittal in every preset), `average_3planes` is TOSM's three-plane average, and the learned
+    strategies run on sliding windows of `fine_tune_shape` when their configuration is patch_wise.
+    """
+    fused = {name: runners[name] for name in plans["configurations"]["3d_ensembler"]["experts"]}
+    strategies = {"2d_axial": build_strategy("2d_axial", runners), "tpdm": build_strategy("tpdm", fused),
+                  "average": build_strategy("average", fused), "average_3planes": build_strategy("average", runners)}
+    inference = plans["inference"]
+    for name, ensembler in ensemblers.items():
+        config = plans["configurations"][name]
+        strategies[name] = build_strategy(
+            name, {expert: runners[expert] for expert in config["experts"]}, ensembler,
+            window=config["fine_tune_shape"] if config["patch_wise"] else None,
+            overlap=inference["sliding_window_overlap"], sigma_scale=inference["gaussian_sigma_scale"])
+    return strategies
 
 
 def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
@@ -86,21 +107,24 @@ def benchmark_core(volume: int = 64, repeats: int = 3, seed: int = 0) -> dict:
     t = plans["diffusion"]["num_train_steps"] // 2
     results = {"volume": [volume] * 3, "slice_batch_size": slice_batch_size, "threads": torch.get_num_threads(),
                "strategies": {}}
+    strategies = build_strategies(plans, runners, ensemblers)
     with torch.no_grad():
         for name in STRATEGIES:
-            strategy = build_strategy(name, runners, ensemblers.get(name))
+            strategy = strategies[name]
             step = lambda: strategy(y_t, condition, t)  # noqa: E731
             seconds = seconds_per_call(step, repeats)
             flops = count_flops(step)
             results["strategies"][name] = {"seconds_per_step": seconds, "gflop": flops / 1e9,
-                                           "gflops_per_second": flops / seconds / 1e9}
+                                           "gflops_per_second": flops / seconds / 1e9,
+                                           "experts": [runner.name for runner in strategy.runners],
+                                           "window": list(getattr(strategy, "window", [])) or None}
         batched = runners["2d_axial"]
         per_slice = ExpertRunner(batched.expert, batched.slice_axis, 1, name="2d_axial")
         results["per_slice_loop_seconds"] = seconds_per_call(lambda: per_slice(y_t, condition, t), repeats)
     results["batched_seconds"] = results["strategies"]["2d_axial"]["seconds_per_step"]
     results["batched_speedup"] = results["per_slice_loop_seconds"] / results["batched_seconds"]
-    strategies = results["strategies"]
-    results["learned_over_tpdm"] = strategies["3d_ensembler"]["seconds_per_step"] / strategies["tpdm"]["seconds_per_step"]
+    timed = results["strategies"]
+    results["learned_over_tpdm"] = timed["3d_ensembler"]["seconds_per_step"] / timed["tpdm"]["seconds_per_step"]
     results["conv_peak_gflops_per_second"] = conv_peak_gflops(repeats)
     return results
 
@@ -112,8 +136,10 @@ def format_core_report(results: dict) -> str:
              f"slice batch {results['slice_batch_size']}, {results['threads']} torch thread(s)",
              f"{'strategy':<20}{'s/step':>10}{'GFLOP':>10}{'GFLOP/s':>10}{'% of conv peak':>16}"]
     for name, r in results["strategies"].items():
+        fuses = " + ".join(expert.removeprefix("2d_") for expert in r["experts"])
+        window = f", windows {'x'.join(map(str, r['window']))}" if r["window"] else ""
         lines.append(f"{name:<20}{r['seconds_per_step']:>10.3f}{r['gflop']:>10.2f}{r['gflops_per_second']:>10.1f}"
-                     f"{100 * r['gflops_per_second'] / peak:>15.0f}%")
+                     f"{100 * r['gflops_per_second'] / peak:>15.0f}%   ({fuses}{window})")
     lines += [f"learned / tpdm time ratio: {results['learned_over_tpdm']:.2f}",
               f"2d_axial batched slices: {results['batched_seconds']:.3f} s vs per-slice loop "
               f"{results['per_slice_loop_seconds']:.3f} s -> speed-up {results['batched_speedup']:.1f}x",

@@ -12,13 +12,14 @@ network is called with), `.step(eps, t, y_t, noise=None, generator=None) -> (y_p
   set, then passed through the caller's x0_hook (consistency projection, data consistency) if any; the
   update uses that final x0_hat. `step_from_x0` is the update alone, for callers that build x0_hat
   themselves.
-- Noise is injectable: `noise` (a tensor like y_t) wins; otherwise it is drawn from `generator` (or torch's
-  global generator) on y_t's device, and only when the step adds noise at all.
+- Noise is injectable: `noise` (a tensor like y_t) wins; otherwise `gaussian_noise` draws it from `generator`
+  (or torch's global CPU generator) on the generator's device and moves it to y_t's, and only when the step
+  adds noise at all.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,17 @@ SAMPLERS = ("ddim", "ddpm")
 DEFAULT_CLIP_X0 = 2.0
 
 X0Hook = Callable[[Tensor, int], Tensor]
+
+
+def gaussian_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str,
+                   dtype: torch.dtype) -> Tensor:
+    """Standard normal noise drawn on the generator's device, then moved: a seed gives the same noise anywhere.
+
+    A CPU generator with CUDA data (or the reverse) is fine; without a generator torch's global CPU generator
+    is used.
+    """
+    source = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
 
 # ---------------------------------------------------------------------- which timesteps to visit
@@ -159,11 +171,12 @@ class RespacedSampler:
 
     @staticmethod
     def _noise(noise: Tensor | None, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The injected noise moved to like's device and dtype, else fresh noise from `gaussian_noise`."""
         if noise is not None:
             if noise.shape != like.shape:
                 raise ValueError(f"noise shape {tuple(noise.shape)} != y_t shape {tuple(like.shape)}")
             return noise.to(device=like.device, dtype=like.dtype)
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return gaussian_noise(like.shape, generator, like.device, like.dtype)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_steps={self.num_steps}, timestep_spacing={self.timestep_spacing!r}, "
@@ -314,7 +327,12 @@ def clip_value(clip_x0: bool | float | None) -> float | None:
 
 def sampler_from_plans(diffusion: dict, schedule: NoiseSchedule | None = None,
                        num_steps: int | None = None) -> DDIMSampler | DDPMSampler:
-    """The sampler the plans' `diffusion` entry describes ("sampler": "ddim" | "ddpm"); num_steps overrides."""
+    """The sampler the plans' `diffusion` entry describes ("sampler": "ddim" | "ddpm"); num_steps overrides.
+
+    DDIM reads "eta", "timestep_spacing" (default "leading") and "recompute_eps"; DDPM reads
+    "ddpm_timestep_spacing" (default "guided", guided-diffusion's respacing) and "ddpm_variance"; both read
+    "num_inference_steps" and "clip_x0".
+    """
     schedule = schedule if schedule is not None else NoiseSchedule.from_plans(diffusion)
     kind = diffusion.get("sampler", "ddim")
     steps = int(num_steps if num_steps is not None else diffusion.get("num_inference_steps", 50))
@@ -324,6 +342,8 @@ def sampler_from_plans(diffusion: dict, schedule: NoiseSchedule | None = None,
                            timestep_spacing=diffusion.get("timestep_spacing", "leading"), clip_x0=clip,
                            recompute_eps=bool(diffusion.get("recompute_eps", False)))
     if kind == "ddpm":
-        return DDPMSampler(schedule, steps, timestep_spacing=diffusion.get("timestep_spacing", "guided"),
+        # not "timestep_spacing": that is DDIM's (diffusers' "leading" by default) and would silently drop the
+        # guided-diffusion respacing of the authors' DDPM sampler
+        return DDPMSampler(schedule, steps, timestep_spacing=diffusion.get("ddpm_timestep_spacing", "guided"),
                            clip_x0=clip, variance=diffusion.get("ddpm_variance", "fixed_small"))
     raise ValueError(f"Unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")

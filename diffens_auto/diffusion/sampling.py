@@ -6,16 +6,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .samplers import X0Hook, RespacedSampler
+from .samplers import RespacedSampler, X0Hook, gaussian_noise
 
 Denoiser = Callable[[Tensor, Any, int], Tensor]
-
-
-def gaussian_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str,
-                   dtype: torch.dtype) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved: a seed gives the same noise anywhere."""
-    source = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
 
 def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:

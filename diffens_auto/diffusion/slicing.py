@@ -10,7 +10,6 @@ peak memory is one slice batch's forward plus the outputs, never a copy of every
 """
 import torch
 
-SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 POSITION_CHANNELS = 3   # public code: the three global coordinates (x, y, z)
 
 
@@ -107,9 +106,9 @@ class ExpertRunner:
                  positions: torch.Tensor | None = None):
         """eps (B, 1, X, Y, Z) and, if asked, restacked features per level (B, C_l, in-plane / 2^l, full slice axis).
 
-        `positions` (1 or B, 3, X, Y, Z) overrides the coordinates built from y_t's shape (a window passes
-        its crop of the whole volume's coordinates). Runs without autograd unless the runner has grad=True;
-        the expert's train/eval mode is the caller's.
+        `positions` (1 or B, 3, X, Y, Z) overrides the coordinates built from y_t's shape (`Windowed` passes
+        each window its crop of the whole volume's coordinates). Runs without autograd unless the runner has
+        grad=True; the expert's train/eval mode is the caller's.
         """
         if self.condition_indices is not None:
             condition = condition[:, self.condition_indices]

@@ -1,7 +1,8 @@
 """The one Gaussian-weighted sliding window: run a volume function on windows and blend them (nnU-Net style).
 
-Used by the learned strategy when the plan is patch_wise (the ensembler and the experts run on windows of
-`fine_tune_shape`) and by prediction for volumes larger than the crop.
+Wrapped around any ensembling strategy by `strategies.Windowed`: for the learned strategy when the plan is
+patch_wise (the ensembler and the experts run on windows of `fine_tune_shape`), and by prediction for volumes
+larger than the crop.
 
 Border handling: per axis the windows start at evenly spaced positions from 0 to size - window, so the
 first and the last window are flush with the volume's borders and the volume is never padded or cut when
@@ -56,7 +57,7 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
 
     `inputs` are (B or 1, C, X, Y, Z) tensors sharing X, Y, Z. Windows start at `window_starts` per axis; a
     single window covering the volume calls fn once without weighting. Accumulates in float32 (float64
-    stays float64).
+    stays float64) and returns the blend in fn's dtype (bfloat16 / float16 predictions give the same out).
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
@@ -76,7 +77,7 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
         output = fn(*inputs)
         return _crop_back(output, pads, spatial, out_channels)
 
-    importance, total, weight = None, None, None
+    importance, total, weight, out_dtype = None, None, None, None
     for sx in starts[0]:
         for sy in starts[1]:
             for sz in starts[2]:
@@ -84,13 +85,14 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
                           slice(sz, sz + window[2]))
                 prediction = fn(*(x[region] for x in inputs))
                 if total is None:
+                    out_dtype = prediction.dtype
                     dtype = torch.promote_types(prediction.dtype, torch.float32)
                     importance = gaussian_importance(window, sigma_scale, prediction.device, dtype)
                     total = prediction.new_zeros((prediction.shape[0], prediction.shape[1], *size), dtype=dtype)
                     weight = torch.zeros(size, device=prediction.device, dtype=dtype)
                 total[region].add_(prediction.to(dtype) * importance)
                 weight[region[2:]].add_(importance)
-    return _crop_back(total / weight, pads, spatial, out_channels)
+    return _crop_back((total / weight).to(out_dtype), pads, spatial, out_channels)
 
 
 def _crop_back(output, pads, spatial, out_channels):

@@ -1,14 +1,16 @@
 """Ensembling strategies: volume denoisers eps_hat = f(y_t, condition, t) built from 2D experts (Diff-Ensembler Tab. 1).
 
-Every strategy is a callable `strategy(y_t (B, 1, X, Y, Z), condition (B, n_cond, X, Y, Z), t) -> eps (B, 1, X, Y, Z)`
-with `t` an integer training step (or a (B,) tensor), and has `.reset()`, to be called before each new sampling
-run (only TPDM keeps state: its call counter).
+Every strategy is a callable `strategy(y_t (B, 1, X, Y, Z), condition (B, n_cond, X, Y, Z), t, positions=None)
+-> eps (B, 1, X, Y, Z)` with `t` an integer training step (or a (B,) tensor), has `.runners` and `.reset()`, to be
+called before each new sampling run (only TPDM keeps state: whose turn it is). `positions` (1 or B, 3, X, Y, Z)
+are the coordinates that experts with position channels see; None means those of y_t's own grid.
 
 - `SingleExpert`: one expert over every slice of its plane (Palette 2D / 2.5D).
-- `TPDM`: one expert per call, switching between calls (TPDM's released sampler, see the class).
+- `TPDM`: one expert per timestep, switching when t changes (TPDM's released sampler, see the class).
 - `Average`: the weighted mean of the experts' eps (TOSM with three planes, MADM with 2.5D experts).
-- `Learned`: the 3D ensembler fed with every expert's eps (and restacked features) (Diff-Ensembler Eq. 5-6),
-  optionally over Gaussian sliding windows (patch_wise plans).
+- `Learned`: the 3D ensembler fed with every expert's eps (and restacked features) (Diff-Ensembler Eq. 5-6).
+- `Windowed`: any of them over Gaussian sliding windows (patch_wise plans, volumes larger than the crop), each
+  window seeing its crop of the whole volume's position channels.
 
 Experts run without autograd (see `ExpertRunner`); `Learned` runs the ensembler under the caller's grad mode
 unless `grad=False` (the default), which switches autograd off for sampling.
@@ -23,6 +25,11 @@ from .sliding_window import sliding_window
 EXPERT_CONFIGURATIONS = ("2d_axial", "2d_coronal", "2d_sagittal")
 
 
+def _runner_list(runners) -> list:
+    """Runners given as a mapping (name -> runner) or a sequence, as a list in their order."""
+    return list(runners.values()) if isinstance(runners, Mapping) else list(runners)
+
+
 class SingleExpert:
     """One expert's eps volume (Eq. 4: every slice of its plane, restacked)."""
 
@@ -31,27 +38,34 @@ class SingleExpert:
         self.runner = runner
         self.runners = [runner]
 
-    def __call__(self, y_t, condition, t):
+    def __call__(self, y_t, condition, t, positions=None):
         """eps (B, 1, X, Y, Z) of the expert."""
-        return self.runner(y_t, condition, t)[0]
+        return self.runner(y_t, condition, t, positions=positions)[0]
 
     def reset(self):
         """Nothing to reset (stateless)."""
 
 
-class TPDM:
-    """One expert per call, switching between them from call to call (TPDM's released sampler).
+def _timestep_key(t) -> tuple:
+    """t (int or tensor) as a hashable tuple of ints, to notice when the sampler moves on."""
+    return tuple(int(v) for v in torch.as_tensor(t).reshape(-1).tolist())
 
-    TPDM's code (`is_primary_tern(i, K)`) uses the primary expert on call i unless i % K == K - 1, when the
+
+class TPDM:
+    """One expert per timestep, switching to the next turn when t changes (TPDM's released sampler).
+
+    TPDM's code (`is_primary_tern(i, K)`) uses the primary expert at step i unless i % K == K - 1, when the
     auxiliary expert runs; K = 2 (the default here, and what Diff-Ensembler's baseline does) is strict
-    alternation: calls 0, 2, 4, ... -> runners[0], calls 1, 3, 5, ... -> runners[1]. With more than two runners
-    and period None they take turns in order (call i -> runners[i % N]). Call `.reset()` before each sampling
-    run so that its first step uses runners[0]; `.history` records the runner index of every call.
+    alternation: steps 0, 2, 4, ... -> runners[0], steps 1, 3, 5, ... -> runners[1]. With more than two runners
+    and period None they take turns in order (step i -> runners[i % N]). A step is a timestep, not a call:
+    further calls with the same t (sliding windows, test-time adaptation) use the same expert, and the next
+    turn starts when t changes. Call `.reset()` before each sampling run so that its first step uses
+    runners[0]; `.history` records the runner index of every step.
     """
 
     def __init__(self, runners: Sequence[ExpertRunner], period: int | None = None):
         """Two runners (primary, auxiliary) with TPDM's period K >= 2, or N runners in turn (period None)."""
-        runners = list(runners.values()) if isinstance(runners, Mapping) else list(runners)
+        runners = _runner_list(runners)
         if len(runners) < 2:
             raise ValueError(f"TPDM alternates between at least two experts, got {len(runners)}.")
         if period is not None and (len(runners) != 2 or int(period) != period or period < 2):
@@ -59,25 +73,27 @@ class TPDM:
                              f"with {len(runners)} experts.")
         self.runners = runners
         self.period = period
-        self.calls = 0
-        self.history: list[int] = []
+        self.reset()
 
-    def expert_index(self, call: int) -> int:
-        """Which runner serves call number `call` (0-based since the last reset)."""
+    def expert_index(self, turn: int) -> int:
+        """Which runner serves step number `turn` (0-based since the last reset)."""
         if self.period is None:
-            return call % len(self.runners)
-        return 1 if call % self.period == self.period - 1 else 0
+            return turn % len(self.runners)
+        return 1 if turn % self.period == self.period - 1 else 0
 
-    def __call__(self, y_t, condition, t):
-        """eps of this call's expert; advances the call counter."""
-        index = self.expert_index(self.calls)
-        self.calls += 1
-        self.history.append(index)
-        return self.runners[index](y_t, condition, t)[0]
+    def __call__(self, y_t, condition, t, positions=None):
+        """eps of this step's expert; a t other than the last call's starts the next step."""
+        key = _timestep_key(t)
+        if key != self._last_t:
+            self.turn = self.turn + 1 if self._last_t is not None else 0
+            self._last_t = key
+            self.history.append(self.expert_index(self.turn))
+        return self.runners[self.history[-1]](y_t, condition, t, positions=positions)[0]
 
     def reset(self):
         """Start again with runners[0] on the next call."""
-        self.calls = 0
+        self.turn = 0
+        self._last_t = None
         self.history = []
 
 
@@ -86,7 +102,7 @@ class Average:
 
     def __init__(self, runners: Sequence[ExpertRunner], weights: Sequence[float] | None = None):
         """Runners and optional non-negative weights (default equal); the weights are normalised to sum 1."""
-        runners = list(runners.values()) if isinstance(runners, Mapping) else list(runners)
+        runners = _runner_list(runners)
         if not runners:
             raise ValueError("Average needs at least one expert.")
         weights = [1.0] * len(runners) if weights is None else [float(w) for w in weights]
@@ -96,11 +112,11 @@ class Average:
         self.runners = runners
         self.weights = [w / sum(weights) for w in weights]
 
-    def __call__(self, y_t, condition, t):
+    def __call__(self, y_t, condition, t, positions=None):
         """The weighted mean eps volume, accumulated in place (one extra volume)."""
         total = None
         for runner, weight in zip(self.runners, self.weights):
-            eps = runner(y_t, condition, t)[0]
+            eps = runner(y_t, condition, t, positions=positions)[0]
             total = eps * weight if total is None else total.add_(eps, alpha=weight)
         return total
 
@@ -108,26 +124,16 @@ class Average:
         """Nothing to reset (stateless)."""
 
 
-def _ensembler_uses_features(ensembler) -> bool:
-    """Whether the ensembler has feature-injection entries (then the experts must return their features)."""
-    network = getattr(ensembler, "network", None)
-    if isinstance(network, Mapping):
-        return bool(network.get("feature_injection"))
-    return bool(getattr(ensembler, "feature_injection", None))
-
-
 class Learned:
     """Diff-Ensembler: the 3D ensembler fuses every expert's eps (and restacked features) (Eq. 5-6).
 
     `runners` maps the ensembler's expert names (plans configuration names) to runners; a sequence is matched
-    to `ensembler.experts` in order. With `window` (patch_wise plans) experts and ensembler run together on
-    Gaussian-weighted sliding windows of that size; the experts then see the window's slices, and position
-    channels are the window's crop of the whole volume's coordinates.
+    to `ensembler.experts` in order. For patch_wise plans wrap it in `Windowed` (build_strategy's `window`):
+    experts and ensembler then run together on each window.
     """
 
-    def __init__(self, ensembler, runners, window=None, overlap: float = 0.5, sigma_scale: float = 0.125,
-                 want_features: bool | None = None, grad: bool = False):
-        """Ensembler, runners, optional sliding window; want_features None: as the ensembler's feature injection."""
+    def __init__(self, ensembler, runners, want_features: bool | None = None, grad: bool = False):
+        """Ensembler and runners; want_features None: whether the ensembler has feature-injection entries."""
         names = list(getattr(ensembler, "experts", None) or [])
         if isinstance(runners, Mapping):
             names = names or list(runners)
@@ -143,45 +149,73 @@ class Learned:
         self.ensembler = ensembler
         self.names = names
         self.runners = runners
-        self.window = None if window is None else tuple(int(w) for w in window)
-        self.overlap = overlap
-        self.sigma_scale = sigma_scale
-        self.want_features = _ensembler_uses_features(ensembler) if want_features is None else want_features
+        if want_features is None:
+            want_features = bool(getattr(ensembler, "feature_injection", None))
+        self.want_features = want_features
         self.grad = grad
 
-    def __call__(self, y_t, condition, t):
-        """The ensembler's eps volume (B, 1, X, Y, Z), over sliding windows when a window is set."""
+    def __call__(self, y_t, condition, t, positions=None):
+        """Experts on every slice of the volume, then the ensembler (Eq. 5 input, Eq. 6 output): eps (B, 1, X, Y, Z)."""
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
-            positions = None
-            if any(r.position_channels for r in self.runners):
-                positions = position_channels(y_t.shape[2:], device=y_t.device, dtype=y_t.dtype)
-            if self.window is None:
-                return self._fuse(y_t, condition, t, positions)
-            inputs = [y_t, condition] + ([positions] if positions is not None else [])
-            return sliding_window(lambda y, c, *p: self._fuse(y, c, t, p[0] if p else None), inputs, self.window,
-                                  overlap=self.overlap, sigma_scale=self.sigma_scale, out_channels=1)
-
-    def _fuse(self, y_t, condition, t, positions):
-        """Experts on every slice of (a window of) the volume, then the ensembler (Eq. 5 input, Eq. 6 output)."""
-        eps_list, features = [], {}
-        for name, runner in zip(self.names, self.runners):
-            eps, feature_maps = runner(y_t, condition, t, want_features=self.want_features, positions=positions)
-            eps_list.append(eps)
-            if self.want_features:
+            eps_list, features = [], {}
+            for name, runner in zip(self.names, self.runners):
+                eps, feature_maps = runner(y_t, condition, t, want_features=self.want_features, positions=positions)
+                eps_list.append(eps)
                 features[name] = feature_maps
-        t_batch = timesteps_for(t, y_t.shape[0], y_t.device)
-        return self.ensembler(condition, y_t, eps_list, t_batch, features if self.want_features else None)
+            t_batch = timesteps_for(t, y_t.shape[0], y_t.device)
+            return self.ensembler(condition, y_t, eps_list, t_batch, features if self.want_features else None)
 
     def reset(self):
         """Nothing to reset (stateless)."""
 
 
+class Windowed:
+    """A strategy run on Gaussian-weighted sliding windows and blended (`sliding_window`).
+
+    Experts with position channels see, in every window, the window's crop of the WHOLE volume's coordinates
+    (built once per call, or the `positions` given), so a window's slices are where they are in the volume.
+    A single window covering the volume is a plain call of the strategy.
+    """
+
+    def __init__(self, strategy, window, overlap: float = 0.5, sigma_scale: float = 0.125):
+        """Wrap `strategy`; window (wx, wy, wz), overlap and sigma_scale as the plans' inference entry."""
+        self.strategy = strategy
+        self.window = tuple(int(w) for w in window)
+        self.overlap = overlap
+        self.sigma_scale = sigma_scale
+        self.runners = strategy.runners
+        self.uses_positions = any(r.position_channels for r in self.runners)
+
+    def __call__(self, y_t, condition, t, positions=None):
+        """The strategy's eps, blended over windows of the volume."""
+        if positions is None and self.uses_positions:
+            positions = position_channels(y_t.shape[2:], device=y_t.device, dtype=y_t.dtype)
+        inputs = [y_t, condition] + ([positions] if positions is not None else [])
+
+        def on_window(y, c, *p):
+            return self.strategy(y, c, t, positions=p[0] if p else None)
+
+        return sliding_window(on_window, inputs, self.window, overlap=self.overlap, sigma_scale=self.sigma_scale,
+                              out_channels=y_t.shape[1])
+
+    def reset(self):
+        """Reset the wrapped strategy."""
+        self.strategy.reset()
+
+
 def build_strategy(name: str, runners, ensembler=None, *, weights=None, tpdm_period: int | None = None,
                    window=None, overlap: float = 0.5, sigma_scale: float = 0.125):
     """A strategy by name: "single" or an expert configuration ("2d_axial", ...), "tpdm", "average",
-    "learned" (or an ensembler configuration "3d_ensembler", "3d_ensembler_small")."""
+    "learned" (or an ensembler configuration "3d_ensembler", "3d_ensembler_small"); with `window` wrapped
+    in `Windowed(strategy, window, overlap, sigma_scale)`."""
+    strategy = _strategy(name, runners, ensembler, weights, tpdm_period)
+    return strategy if window is None else Windowed(strategy, window, overlap=overlap, sigma_scale=sigma_scale)
+
+
+def _strategy(name: str, runners, ensembler, weights, tpdm_period):
+    """The unwindowed strategy `name` (see build_strategy)."""
     named = dict(runners) if isinstance(runners, Mapping) else None
-    listed = list(runners.values()) if named is not None else list(runners)
+    listed = _runner_list(runners)
     if name in EXPERT_CONFIGURATIONS or (named is not None and name in named and not name.startswith("3d_")):
         if named is None or name not in named:
             raise ValueError(f"Strategy '{name}' needs a runner named '{name}'; got "
@@ -199,7 +233,6 @@ def build_strategy(name: str, runners, ensembler=None, *, weights=None, tpdm_per
     if name == "learned" or name.startswith("3d_ensembler"):
         if ensembler is None:
             raise ValueError(f"Strategy '{name}' needs a trained ensembler.")
-        return Learned(ensembler, named if named is not None else listed, window=window, overlap=overlap,
-                       sigma_scale=sigma_scale)
+        return Learned(ensembler, named if named is not None else listed)
     raise ValueError(f"Unknown strategy '{name}'; known: 'single', {', '.join(map(repr, EXPERT_CONFIGURATIONS))}, "
                      "'tpdm', 'average', 'learned' (or '3d_ensembler', '3d_ensembler_small').")

@@ -1,4 +1,5 @@
-"""diffens_benchmark: speed and memory figures of the pipeline's parts (`core`: one denoising step per strategy)."""
+"""diffens_benchmark: speed and memory figures of the pipeline's parts (`core`: one denoising step per strategy;
+`training`: training iterations per second with the real loader against pre-loaded tensors)."""
 import argparse
 import json
 
@@ -6,15 +7,23 @@ from diffens_auto.atomic import atomic_write_json
 
 
 def benchmark_entry() -> None:
-    """diffens_benchmark core [--volume N] [--repeats R] [-o results.json]."""
+    """diffens_benchmark core [--volume N] [--repeats R] [-o results.json]; ... training [--iterations N]."""
     parser = argparse.ArgumentParser(description="Benchmarks of diffens_auto; figures are printed (and saved with -o).")
-    parser.add_argument("what", choices=["core"], help="core: one denoising step per ensembling strategy")
+    parser.add_argument("what", choices=["core", "training"],
+                        help="core: one denoising step per ensembling strategy; training: iterations per second with "
+                             "the real loader and augmentation vs pre-loaded tensors (expert and ensembler)")
     parser.add_argument("--volume", type=int, default=64, help="edge of the cubic test volume (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure, median reported (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--iterations", type=int, default=10,
+                        help="training: timed iterations per figure, after one warm-up (default 10)")
     parser.add_argument("-o", default=None, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     import torch
+
+    if args.what == "training":
+        _training(args)
+        return
 
     from diffens_auto.benchmarking.core import benchmark_core, format_core_report
     if args.threads:
@@ -27,6 +36,22 @@ def benchmark_entry() -> None:
     else:
         print(json.dumps({"learned_over_tpdm": results["learned_over_tpdm"],
                           "batched_speedup": results["batched_speedup"]}))
+
+
+def _training(args) -> None:
+    """diffens_benchmark training: builds a demo dataset in a temporary folder (workers: diffens_n_proc_DA)."""
+    import torch
+
+    from diffens_auto.benchmarking.training import benchmark_training, format_training_report
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.iterations < 1:
+        raise SystemExit("diffens_benchmark training: --iterations must be 1 or more.")
+    results = benchmark_training(args.iterations)
+    print(format_training_report(results))
+    if args.o:
+        atomic_write_json(results, args.o)
+        print(f"Figures written to {args.o}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Entry point: diffens_train DATASET TASK CONFIG [-f FOLD|all] [-p PLANS] [--c] [-device cpu|cuda|mps] ..."""
+"""Entry point: diffens_train DATASET TASK CONFIG [-f FOLD|all] [-p PLANS] [--c] [-device cpu|cuda|mps] ...
+
+Also runs as one rank of a torchrun job: torchrun ... -m diffens_auto.run.train DATASET TASK CONFIG ...
+"""
 import argparse
 
 from diffens_auto.run.errors import run_command
@@ -11,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
                     "$diffens_results/DatasetXXX/TASK/CONFIG__PLANS/fold_F/.",
         epilog="Example: diffens_train 900 sr 2d_axial; diffens_train 900 sr 2d_sagittal; diffens_train 900 sr "
                "3d_ensembler. Fusion: diffens_train 900 both 3d_ensembler --experts sr:2d_axial both:2d_sagittal "
-               "--name 3d_fusion.")
+               "--name 3d_fusion. Data-parallel: diffens_train 900 sr 2d_axial -num_gpus 2 -device cuda; across "
+               "machines: torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 "
+               "-m diffens_auto.run.train 900 sr 2d_axial -device cuda (documentation/training.md).")
     parser.add_argument("dataset", help="dataset id or name: 900 or Dataset900_DemoBrain")
     parser.add_argument("task", help="task of dataset.json / the plans: sr, mt, both, ...")
     parser.add_argument("configuration", help="plans configuration: 2d_axial, 2d_sagittal, 2d_coronal, "
@@ -23,12 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="default cpu")
     parser.add_argument("--epochs", type=int, default=None, help="override the plans' number of epochs")
     parser.add_argument("--iterations_per_epoch", type=int, default=None, help="override the plans' iterations")
-    parser.add_argument("-num_gpus", type=int, default=1, help="data-parallel processes (DDP; not yet: 1)")
+    parser.add_argument("-num_gpus", type=int, default=1,
+                        help="data-parallel (DDP) processes on this machine, one per GPU (NCCL); with -device cpu "
+                             "CPU processes (gloo). The plans' batch size is split over them (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and noise (default 0)")
     parser.add_argument("--experts", nargs="+", default=None, metavar="TASK:CONFIG",
                         help="fusion ensembler: the trained experts to fuse, e.g. sr:2d_axial mt:2d_axial")
     parser.add_argument("--name", default=None, help="configuration name a fusion ensembler is saved under")
     return parser
+
+
+def is_main_process() -> bool:
+    """False in the ranks > 0 of a torchrun job (they train, but only rank 0 reports)."""
+    from diffens_auto.paths import distributed_environment
+    environment = distributed_environment()
+    return environment is None or environment["rank"] == 0
 
 
 def train_entry() -> None:
@@ -37,16 +51,14 @@ def train_entry() -> None:
 
     def work():
         from diffens_auto.training.trainer import TrainingSetupError, train
-        if args.num_gpus != 1:
-            raise TrainingSetupError(f"-num_gpus {args.num_gpus}: multi-GPU (DDP) training is not available "
-                                     "yet; train with -num_gpus 1.")
         for value, flag in ((args.epochs, "--epochs"), (args.iterations_per_epoch, "--iterations_per_epoch")):
             if value is not None and value < 1:
                 raise TrainingSetupError(f"{flag} {value}: give a positive number.")
         folder = train(args.dataset, args.task, args.configuration, args.fold, args.plans,
                        args.continue_training, args.device, args.epochs, args.iterations_per_epoch,
-                       args.experts, args.name, args.seed)
-        print(f"Trained model in {folder}")
+                       args.experts, args.name, args.seed, num_gpus=args.num_gpus)
+        if is_main_process():
+            print(f"Trained model in {folder}")
     run_command(work)
 
 

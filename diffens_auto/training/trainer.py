@@ -7,11 +7,14 @@ ensembler fuses the frozen experts' estimates over a 3D patch (Diff-Ensembler Eq
 
 `Trainer` is built from parts (model, objective, schedule, a loader factory) so tests can drive it with
 in-memory batches; `build_trainer` assembles those parts from a plans file and the preprocessed data, and
-`train` is the API of the `diffens_train` command. Distributed training slots in through `rank`,
-`world_size` and a (DistributedDataParallel-)wrapped `model`: only rank 0 writes files.
+`train` is the API of the `diffens_train` command. Data-parallel training (training/distributed.py) runs one
+Trainer per rank with `rank`, `world_size` and a DistributedDataParallel-wrapped `model`: each rank trains on
+its share of the batch, logged losses are averaged over the ranks, validation batches are shared out, and only
+rank 0 writes files (with barriers around checkpoint writes, reads and the fresh-start cleanup).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.training import checkpoints as ckpt
+from diffens_auto.training import distributed
 from diffens_auto.training.ema import EMA, unwrap
 from diffens_auto.training.experts import (ExpertMismatchError, FrozenExpert, check_expert_hashes,
                                            check_experts_trained, ensembler_network, expert_specs, fold_folder,
@@ -192,22 +196,29 @@ class Trainer:
                 losses.append(self.step(batch, *self.draw_t_and_noise(batch["y0"], generator)))
         finally:
             close_loader(loader)
-        return float(np.mean(losses))
+        return distributed.all_reduce_mean(float(np.mean(losses)))     # the mean over the ranks' equal shares
 
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """Mean loss of the EMA weights on the validation cases; batches, t and eps are the same every epoch."""
+        """Mean loss of the EMA weights on the validation cases; batches, t and eps are the same every epoch.
+
+        With several ranks every rank reads the same batches and draws the same (t, eps), evaluates batches
+        rank, rank + world_size, ... of them, and the sums are all-reduced: the same loss as one process.
+        """
         model = self.ema.model.eval()
         loader = iter(self.loaders("val", self.schedule.val_stage, self.seed, 0))
         generator = torch.Generator().manual_seed(seed_for(self.seed, 2 ** 31 - 1))
         losses = []
         try:
-            for _ in range(self.schedule.val_iterations):
-                batch = self.to_device(next(loader))
-                losses.append(float(self.loss(model, batch, *self.draw_t_and_noise(batch["y0"], generator))))
+            for i in range(self.schedule.val_iterations):
+                batch = next(loader)
+                t, noise = self.draw_t_and_noise(batch["y0"], generator)
+                if i % self.world_size == self.rank:
+                    losses.append(float(self.loss(model, self.to_device(batch), t, noise)))
         finally:
             close_loader(loader)
-        return float(np.mean(losses)) if losses else float("nan")
+        total, count = distributed.all_reduce_sum([sum(losses), len(losses)])
+        return total / count if count else float("nan")
 
     def run_epoch(self, epoch: int) -> None:
         started = time.perf_counter()
@@ -239,12 +250,14 @@ class Trainer:
                 return self.output_folder
         else:
             self.start_fresh()
+        distributed.barrier()       # every rank has read the resume point / rank 0 has removed an earlier run's files
         self.log_setup()
         for epoch in range(self.epoch, self.schedule.num_epochs):
             self.run_epoch(epoch)
         self.save(ckpt.FINAL)
         if self.rank == 0:
             (self.output_folder / ckpt.LATEST).unlink(missing_ok=True)
+        distributed.barrier()
         self.progress.log(f"done: {self.epoch} epochs, best val loss {self.best_val_loss:.5f}, "
                           f"{ckpt.FINAL} written")
         return self.output_folder
@@ -267,9 +280,10 @@ class Trainer:
                                                    "fold", "parametrization")}
         self.progress.log(f"{json.dumps(info)}; {parameters:,} parameters; device {self.device}; "
                           f"rank {self.rank}/{self.world_size}; seed {self.seed}")
+        ranks = f" per rank x {self.world_size} ranks" if self.world_size > 1 else ""
         for stage in self.schedule.stages:
             self.progress.log(f"stage {stage.name}: {stage.num_epochs} epochs x {self.schedule.iterations_per_epoch} "
-                              f"iterations, batch {stage.batch_size}, patch {list(stage.patch_size)}")
+                              f"iterations, batch {stage.batch_size}{ranks}, patch {list(stage.patch_size)}")
 
     # -------------------------------------------------------------- state
 
@@ -293,8 +307,10 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
+        """Rank 0 writes the checkpoint (atomically); the other ranks wait until it is there."""
         if self.rank == 0:
             ckpt.save_checkpoint(self.state_dict(), self.output_folder / name)
+        distributed.barrier()
 
     def resume(self) -> Path | None:
         """Load the fold's newest checkpoint (final or latest) and return its path; None if there is none."""
@@ -310,6 +326,9 @@ class Trainer:
         if self.on_resume is not None:
             self.on_resume(state)
         self.load_state_dict(state)
+        if int(state.get("world_size", 1)) != self.world_size:
+            self.progress.log(f"note: {path.name} was trained with {state.get('world_size')} process(es), this run has "
+                              f"{self.world_size}: the per-rank batches differ from an uninterrupted run's")
         return path
 
 
@@ -407,6 +426,21 @@ def make_schedule(plans: dict, configuration: str, num_epochs: int | None = None
     return Schedule(tuple(s for s in stages if s.num_epochs > 0) or (fine,), iterations, val_iterations, every, fine)
 
 
+def per_rank_schedule(schedule: Schedule, world_size: int) -> Schedule:
+    """The schedule one of `world_size` ranks trains: each training stage's (global) batch split evenly.
+
+    Validation keeps the global batch: the ranks share out its batches (Trainer.validation_loss).
+    """
+    if world_size == 1:
+        return schedule
+    try:
+        stages = tuple(dataclasses.replace(s, batch_size=distributed.per_rank_batch_size(
+            s.batch_size, world_size, f"stage '{s.name}'")) for s in schedule.stages)
+    except distributed.DistributedSetupError as e:
+        raise TrainingSetupError(str(e)) from None
+    return dataclasses.replace(schedule, stages=stages)
+
+
 def check_device(device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -480,7 +514,8 @@ def build_trainer(run: RunSpec, device="cpu", num_epochs: int | None = None, ite
                   wrap_model: Callable | None = None, echo: bool = True) -> Trainer:
     """A Trainer for a resolved run: model (seeded init), objective, schedule, loaders and checkpoint metadata.
 
-    `wrap_model(model) -> model` is where DistributedDataParallel wraps the network (after it is on `device`).
+    `wrap_model(model) -> model` is where DistributedDataParallel wraps the network (after it is on `device`);
+    with world_size > 1 each rank trains on its share of every stage's batch (`per_rank_schedule`).
     """
     device = check_device(device)
     if device.type == "cuda":
@@ -503,8 +538,9 @@ def build_trainer(run: RunSpec, device="cpu", num_epochs: int | None = None, ite
     if wrap_model is not None:
         model = wrap_model(model)
     training = run.plans["training"][run.kind]
-    return Trainer(model, objective, NoiseSchedule.from_plans(run.plans["diffusion"]),
-                   make_schedule(run.plans, run.configuration, num_epochs, iterations_per_epoch),
+    schedule = per_rank_schedule(make_schedule(run.plans, run.configuration, num_epochs, iterations_per_epoch),
+                                 world_size)
+    return Trainer(model, objective, NoiseSchedule.from_plans(run.plans["diffusion"]), schedule,
                    loaders or default_loaders(run), run.output_folder, lr=float(training["lr"]),
                    ema_decay=float(training["ema_decay"]), metadata=metadata, device=device, seed=seed, rank=rank,
                    world_size=world_size, echo=echo, on_resume=on_resume)
@@ -513,12 +549,44 @@ def build_trainer(run: RunSpec, device="cpu", num_epochs: int | None = None, ite
 def train(dataset, task: str, configuration: str, fold=0, plans_name: str | None = None,
           continue_training: bool = False, device="cpu", num_epochs: int | None = None,
           iterations_per_epoch: int | None = None, experts: list | None = None, name: str | None = None,
-          seed: int = 0, loaders: LoaderFactory | None = None, echo: bool = True) -> Path:
+          seed: int = 0, loaders: LoaderFactory | None = None, echo: bool = True, num_gpus: int = 1) -> Path:
     """Train one configuration of one task and fold; return its output folder (API of diffens_train).
 
     dataset: id or DatasetXXX_Name; fold: int or "all"; experts: ["TASK:CONFIG", ...] with name: a fusion
     ensembler from experts of other tasks. Results: diffens_results/DatasetXXX/TASK/CONFIG__PLANS/fold_F/.
+    num_gpus > 1: that many data-parallel processes on this machine (`loaders`, if given, must pickle); under
+    torchrun this process is one rank of the job torchrun started (leave num_gpus at 1).
     """
     run = resolve_run(dataset, task, configuration, fold, plans_name, experts, name)
-    trainer = build_trainer(run, device, num_epochs, iterations_per_epoch, seed, loaders=loaders, echo=echo)
+    options = (num_epochs, iterations_per_epoch, seed, continue_training, loaders, echo)
+    try:
+        torchrun = distributed.torchrun_context(device)
+    except distributed.DistributedSetupError as e:
+        raise TrainingSetupError(str(e)) from None
+    if torchrun is None and num_gpus == 1:
+        return _train_rank(distributed.RankContext(0, 1, 0, torch.device(device)), run, *options)
+    if torchrun is not None and num_gpus != 1:
+        raise TrainingSetupError(f"-num_gpus {num_gpus} under torchrun: the processes are torchrun's "
+                                 "(--nnodes, --nproc_per_node); leave -num_gpus out.")
+    world_size = torchrun.world_size if torchrun is not None else num_gpus
+    check_data_parallel(run, device, world_size, torchrun is None, num_epochs, iterations_per_epoch)
+    distributed.launch(_train_rank, num_gpus, device, run, *options)
+    return run.output_folder
+
+
+def check_data_parallel(run: RunSpec, device, world_size: int, on_this_machine: bool = True,
+                        num_epochs: int | None = None, iterations_per_epoch: int | None = None) -> None:
+    """Refuse a data-parallel request before any process starts (device, process count, batch split)."""
+    try:
+        distributed.check_world(world_size, check_device(device), on_this_machine)
+    except distributed.DistributedSetupError as e:
+        raise TrainingSetupError(str(e)) from None
+    per_rank_schedule(make_schedule(run.plans, run.configuration, num_epochs, iterations_per_epoch), world_size)
+
+
+def _train_rank(context: distributed.RankContext, run: RunSpec, num_epochs, iterations_per_epoch, seed,
+                continue_training, loaders, echo) -> Path:
+    """One rank's training (all of it in a single process); module-level so that spawned ranks can import it."""
+    trainer = build_trainer(run, context.device, num_epochs, iterations_per_epoch, seed, context.rank,
+                            context.world_size, loaders=loaders, wrap_model=context.wrap, echo=echo)
     return trainer.fit(continue_training)

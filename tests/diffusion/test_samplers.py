@@ -1,6 +1,7 @@
 """DDIM and respaced DDPM samplers: timesteps, single steps and whole trajectories against references."""
 import math
 
+import diffusers
 import pytest
 import torch
 from torch import nn
@@ -18,7 +19,6 @@ GUIDED_50_OF_1000 = [0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224, 245, 
 
 
 def diffusers_ddim(spacing: str, num_steps: int = 50, **overrides):
-    diffusers = pytest.importorskip("diffusers")
     config = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                   clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing)
     config.update(overrides)
@@ -185,6 +185,20 @@ def test_ddim_eta0_draws_no_noise_and_injected_noise_is_used():
         stochastic.step(eps, 900, y_t, noise=noise[:1])
 
 
+def test_drawn_noise_comes_from_the_generators_device():
+    """A CPU generator with data elsewhere: the noise is drawn on the CPU and moved (one sample on any device)."""
+    stochastic = DDPMSampler(SCHEDULE, 10)
+    y_t, eps = randn(*SHAPE, seed=1, dtype=torch.float64), randn(*SHAPE, seed=2, dtype=torch.float64)
+    expected, _ = stochastic.step(eps, 888, y_t, noise=randn(*SHAPE, seed=4, dtype=torch.float64))
+    drawn, _ = stochastic.step(eps, 888, y_t, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(drawn, expected)                                  # drawn in y_t's dtype (float64)
+    assert drawn.dtype == torch.float64
+    if torch.cuda.is_available():
+        on_gpu, _ = stochastic.step(eps.cuda(), 888, y_t.cuda(), generator=torch.Generator().manual_seed(4))
+        assert on_gpu.is_cuda
+        torch.testing.assert_close(on_gpu.cpu(), drawn, rtol=0, atol=1e-12)
+
+
 def test_step_from_x0_uses_the_given_x0():
     """A projected x0 enters the update: with the network's eps (default) or with eps recomputed from it."""
     y_t, eps = randn(*SHAPE, seed=1), randn(*SHAPE, seed=2)
@@ -284,6 +298,10 @@ def test_sampler_from_plans():
     assert sampler_from_plans(plans, num_steps=10).num_steps == 10
     ddpm = sampler_from_plans({**plans, "sampler": "ddpm", "clip_x0": False})
     assert isinstance(ddpm, DDPMSampler) and ddpm.clip_x0 is None and ddpm.variance == "fixed_small"
+    # DDPM ignores DDIM's "timestep_spacing" ("leading" in every plan): guided-diffusion respacing by default
+    assert ddpm.timestep_spacing == "guided" and ddpm.timesteps.tolist() == GUIDED_50_OF_1000[::-1]
+    trailing = sampler_from_plans({**plans, "sampler": "ddpm", "ddpm_timestep_spacing": "trailing"})
+    assert trailing.timesteps.tolist() == list(range(999, 0, -20))
     with pytest.raises(ValueError, match="ddim, ddpm"):
         sampler_from_plans({**plans, "sampler": "euler"})
     assert clip_value(True) == DEFAULT_CLIP_X0 and clip_value(False) is None and clip_value(None) is None

@@ -1,4 +1,5 @@
 """The sampling loop: the exact-noise oracle recovers its volume, a seed makes it deterministic, x0 hooks hold."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -46,6 +47,62 @@ def test_exact_noise_oracle_returns_its_volume_from_any_start(name, num_steps):
         assert float((result - y0).abs().max()) <= 1e-4, (name, num_steps, seed)
     start = 3 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))     # any start, not even N(0, 1)
     assert float((sample(oracle_for(y0), sampler, None, start=start, seed=0) - y0).abs().max()) <= 1e-4
+
+
+def independent_alpha_bar():
+    """The linear schedule's alpha_bar recomputed here (DDPM Eq. 4), not read from NoiseSchedule."""
+    return np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ddim_eta0_oracle_walks_the_forward_marginal_at_every_step(spacing):
+    """With the exact oracle, DDIM (eta 0) keeps y on the line through y0 and the start's noise:
+    y at every visited step t = sqrt(abar_t) y0 + sqrt(1 - abar_t) eps_start (DDIM Eq. 12 with eps constant)."""
+    abar = independent_alpha_bar()
+    y0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(42))
+    start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))
+    sampler = DDIMSampler(SCHEDULE, 10, eta=0.0, timestep_spacing=spacing)
+    oracle, seen = oracle_for(y0), []
+
+    def recording(y_t, condition, t):
+        seen.append((t, y_t.clone()))
+        return oracle(y_t, condition, t)
+
+    result = sample(recording, sampler, None, start=start)
+    t_start = seen[0][0]
+    eps_start = (start - abar[t_start] ** 0.5 * y0) / (1 - abar[t_start]) ** 0.5
+    assert [t for t, _ in seen] == sampler.timesteps.tolist() and len(seen) == 10
+    for t, y_t in seen[1:]:
+        expected = abar[t] ** 0.5 * y0 + (1 - abar[t]) ** 0.5 * eps_start
+        assert float((y_t - expected).abs().max()) <= 1e-5, (spacing, t)
+    assert float((result - y0).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+@pytest.mark.parametrize("spacing", ["guided", "leading"])
+def test_respaced_ddpm_step_is_the_posterior_of_the_kept_steps(spacing, variance):
+    """Every step of respaced DDPM samples q(y_prev | y_t, x0) of the kept-step chain (DDPM Eq. 6-7), with
+    beta'_t = 1 - abar_t / abar_prev computed here from the kept alpha_bars."""
+    abar = independent_alpha_bar()
+    sampler = DDPMSampler(SCHEDULE, 10, timestep_spacing=spacing, variance=variance)
+    kept = sampler.timesteps.tolist()
+    y0 = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(42))
+    oracle = oracle_for(y0)
+    for i, t in enumerate(kept):
+        y_t = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + i))
+        z = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(200 + i))
+        a = abar[t]
+        a_prev = abar[kept[i + 1]] if i + 1 < len(kept) else 1.0
+        beta = 1.0 - a / a_prev
+        mean = a_prev ** 0.5 * beta / (1 - a) * y0 + (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a) * y_t   # Eq. 7
+        var = beta * (1 - a_prev) / (1 - a) if variance == "fixed_small" else beta
+        y_mean, x0_hat = sampler.step(oracle(y_t, None, t), t, y_t, noise=torch.zeros_like(y_t))
+        y_prev, _ = sampler.step(oracle(y_t, None, t), t, y_t, noise=z)
+        torch.testing.assert_close(x0_hat, y0, rtol=0, atol=1e-9)
+        torch.testing.assert_close(y_mean, mean, rtol=0, atol=1e-9)
+        expected = mean + (var ** 0.5 * z if i + 1 < len(kept) else 0)   # the last step adds no noise
+        torch.testing.assert_close(y_prev, expected, rtol=0, atol=1e-9)
+        assert sampler.noise_std(t) == pytest.approx(var ** 0.5 if i + 1 < len(kept) else 0.0, rel=1e-9)
 
 
 @pytest.mark.parametrize("make", [lambda: DDPMSampler(SCHEDULE, 10), lambda: DDIMSampler(SCHEDULE, 10, eta=1.0),

@@ -1,6 +1,7 @@
 """NoiseSchedule: the beta schedules, alpha_bar, forward noising and its inverses (Tweedie x0, eps from x0)."""
 import math
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -45,7 +46,6 @@ def test_cosine_schedule_follows_improved_ddpm():
 
 
 def test_cosine_matches_diffusers_squaredcos_cap_v2():
-    diffusers = pytest.importorskip("diffusers")
     reference = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     ours = NoiseSchedule.cosine(1000)
     torch.testing.assert_close(ours.betas.float(), reference.betas, rtol=1e-5, atol=1e-7)

@@ -158,14 +158,9 @@ def test_runner_from_network_and_grad():
 @pytest.fixture(scope="module")
 def tiny_expert_network():
     """The tiny preset's axial expert network dict (task sr), made 2.5D: one context slice on each side."""
-    from diffens_auto.planning import network_for_task, plan_experiment
-    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [[16, 16, 16]] * 2,
-                   "foreground_intensity_properties_per_channel": {
-                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(2)}}
-    tasks = {"sr": {"target": 1, "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}}}
-    plans = plan_experiment(fingerprint, tasks, {0: "T1", 1: "T2"}, "Dataset001_Tiny", gpu_memory_target_gb=8,
-                            preset="tiny")
-    network = {**network_for_task(plans, "2d_axial", "sr"), "context_slices": 1}
+    from diffens_auto.planning import network_for_task
+    from tiny_plans import tiny_plans
+    network = {**network_for_task(tiny_plans(), "2d_axial", "sr"), "context_slices": 1}
     network["in_channels"] = 1 + 1 * 3
     return network
 

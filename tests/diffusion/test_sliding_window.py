@@ -127,6 +127,65 @@ def test_volume_smaller_than_window_is_padded_and_cropped_back(shape):
         assert ok.all()
 
 
+def window_index_fn(shape):
+    """fn for sliding_window: a constant per window, that window's number in (sx, sy, sz) order of its start.
+
+    The window's start is read from a coordinate input (voxel index per axis), so the value does not depend on
+    the order in which sliding_window visits the windows.
+    """
+    def fn(coordinates):
+        start = [int(coordinates[0, axis, 0, 0, 0]) for axis in range(3)]
+        value = start[0] * shape[1] * shape[2] + start[1] * shape[2] + start[2]
+        return torch.full((1, 1, *coordinates.shape[2:]), float(value), dtype=torch.float64)
+    return fn
+
+
+def expected_blend(shape, window, starts, sigma_scale, gaussian=True):
+    """sum_w g_w(v) c_w / sum_w g_w(v) over the windows w covering voxel v, computed voxel by voxel."""
+    total, weight = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    for sx in starts[0]:
+        for sy in starts[1]:
+            for sz in starts[2]:
+                value = sx * shape[1] * shape[2] + sy * shape[2] + sz
+                g = torch.ones(window, dtype=torch.float64)
+                if gaussian:   # sigma = sigma_scale * window, centred on the window's centre (w - 1) / 2
+                    for axis, w in enumerate(window):
+                        u = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
+                        view = [1, 1, 1]
+                        view[axis] = -1
+                        g = g * torch.exp(-u ** 2 / (2 * (sigma_scale * w) ** 2)).view(view)
+                region = (slice(sx, sx + window[0]), slice(sy, sy + window[1]), slice(sz, sz + window[2]))
+                total[region] += g * value
+                weight[region] += g
+    return total / weight
+
+
+def test_overlapping_windows_blend_with_the_gaussian_weights():
+    """A constant per window: a voxel that several windows cover gets their Gaussian-weighted mean."""
+    shape, window, sigma_scale = (16, 12, 10), (8, 6, 10), 0.25
+    starts = [[0, 4, 8], [0, 3, 6], [0]]            # fewest starts with step <= window / 2, last one flush
+    assert [window_starts(n, w, 0.5) for n, w in zip(shape, window)] == starts
+    coordinates = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
+                                             indexing="ij"))[None]
+    blended = sliding_window(window_index_fn(shape), [coordinates], window, overlap=0.5, sigma_scale=sigma_scale)
+    expected = expected_blend(shape, window, starts, sigma_scale)
+    assert (blended[0, 0] - expected).abs().max() <= 1e-9
+    uniform = expected_blend(shape, window, starts, sigma_scale, gaussian=False)
+    assert (blended[0, 0] - uniform).abs().max() > 1.0   # uniform weights would fail this test
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_blend_is_returned_in_the_predictions_dtype(dtype):
+    model = Pointwise().to(dtype)
+    x, c = torch.randn(1, 1, 12, 12, 12, dtype=dtype), torch.randn(1, 2, 12, 12, 12, dtype=dtype)
+    with torch.no_grad():
+        windowed = sliding_window(model, [x, c], (8, 8, 8), overlap=0.5, out_channels=2)
+        full = model(x, c)
+    assert windowed.dtype == dtype
+    tolerance = {torch.bfloat16: 3e-2, torch.float16: 3e-3}.get(dtype, 1e-5)
+    assert (windowed.double() - full.double()).abs().max() <= tolerance
+
+
 def test_one_window_covering_the_volume_is_a_plain_call():
     model = SmallReceptiveField()
     x, c = torch.randn(1, 1, 8, 8, 8), torch.randn(1, 2, 8, 8, 8)

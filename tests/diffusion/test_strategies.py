@@ -1,5 +1,6 @@
-"""Ensembling strategies: single, TPDM (alternation and reset), average (weights), learned (an untrained
-ensembler is the average; sliding windows), the factory, and sampling end to end on a tiny plan."""
+"""Ensembling strategies: single, TPDM (alternation per timestep and reset), average (weights), learned (an
+untrained ensembler is the average), sliding windows around any strategy, the factory, and sampling end to end
+on a tiny plan."""
 import pytest
 import torch
 from torch import nn
@@ -7,11 +8,10 @@ from torch import nn
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.slicing import ExpertRunner
 from diffens_auto.diffusion.sliding_window import sliding_window
-from diffens_auto.diffusion.strategies import TPDM, Average, Learned, SingleExpert, build_strategy
-from diffens_auto.networks import Ensembler, build_expert
-from diffens_auto.planning import network_for_task, plan_experiment
-
-TASK = "sr"
+from diffens_auto.diffusion.strategies import TPDM, Average, Learned, SingleExpert, Windowed, build_strategy
+from diffens_auto.networks import build_expert
+from diffens_auto.planning import network_for_task
+from tiny_plans import TASK, tiny_models, tiny_plans
 
 
 # ------------------------------------------------------------------ stand-ins and a tiny plan
@@ -63,21 +63,8 @@ class PointwiseEnsembler(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny plan on 16^3 volumes (task sr, 2x average pooling) with its experts and both ensemblers."""
-    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [[16, 16, 16]] * 2,
-                   "foreground_intensity_properties_per_channel": {
-                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(2)}}
-    tasks = {TASK: {"target": 1, "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}}}
-    plans = plan_experiment(fingerprint, tasks, {0: "T1", 1: "T2"}, "Dataset001_Tiny", gpu_memory_target_gb=8,
-                            preset="tiny")
-    torch.manual_seed(0)
-    experts = {name: build_expert(network_for_task(plans, name, TASK)).eval()
-               for name in ("2d_axial", "2d_coronal", "2d_sagittal")}
-    ensemblers = {}
-    for name in ("3d_ensembler", "3d_ensembler_small"):
-        config = plans["configurations"][name]
-        ensemblers[name] = Ensembler(network_for_task(plans, name, TASK), config["experts"],
-                                     [plans["tasks"][TASK]["parametrization"]] * len(config["experts"]),
-                                     plans["tasks"][TASK]["ensembler_lambda"]).eval()
+    plans = tiny_plans()
+    experts, ensemblers = tiny_models(plans)
     return plans, experts, ensemblers
 
 
@@ -140,7 +127,7 @@ def test_average_of_2p5d_experts_with_positions_runs(tiny):
     assert eps.shape == y_t.shape and torch.isfinite(eps).all()
 
 
-def test_tpdm_alternates_from_call_to_call_and_resets():
+def test_tpdm_alternates_from_step_to_step_and_resets():
     log = []
     y_t, condition = volumes(shape=(2, 2, 2))
     tpdm = TPDM([RecordingRunner(0, log), RecordingRunner(1, log)])
@@ -152,19 +139,35 @@ def test_tpdm_alternates_from_call_to_call_and_resets():
 
     log.clear()
     every_third = TPDM([RecordingRunner(0, log), RecordingRunner(1, log)], period=3)   # TPDM's K = 3
-    for _ in range(6):
-        every_third(y_t, condition, 1)
+    for t in range(6, 0, -1):
+        every_third(y_t, condition, t)
     assert log == [0, 0, 1, 0, 0, 1]
 
     log.clear()
     three = TPDM([RecordingRunner(i, log) for i in range(3)])
-    for _ in range(4):
-        three(y_t, condition, 1)
+    for t in (40, 30, 20, 10):
+        three(y_t, condition, t)
     assert log == [0, 1, 2, 0]
     with pytest.raises(ValueError):
         TPDM([RecordingRunner(0, log)])
     with pytest.raises(ValueError):
         TPDM([RecordingRunner(i, log) for i in range(3)], period=2)
+
+
+def test_tpdm_switches_on_a_new_timestep_not_on_every_call():
+    """Calls within one step (sliding windows, test-time adaptation) all go to that step's expert."""
+    log = []
+    y_t, condition = volumes(shape=(2, 2, 2))
+    tpdm = TPDM([RecordingRunner(0, log), RecordingRunner(1, log)])
+    for t in (900, 900, 800, 800, 800, 700):
+        tpdm(y_t, condition, t)
+    assert log == [0, 0, 1, 1, 1, 0] and tpdm.history == [0, 1, 0]
+    log.clear()
+    tpdm.reset()
+    tpdm(y_t, condition, torch.tensor([700, 700]))        # a (B,) tensor t counts as the same step as its value
+    tpdm(y_t, condition, torch.tensor([700, 700]))
+    tpdm(y_t, condition, 600)
+    assert log == [0, 0, 1]
 
 
 # ------------------------------------------------------------------ learned
@@ -206,7 +209,7 @@ def test_learned_with_a_window_covering_the_volume_equals_no_window(tiny):
     runners = runners_of(tiny)
     y_t, condition = volumes()
     plain = Learned(ensemblers["3d_ensembler"], runners)(y_t, condition, 40)
-    windowed = Learned(ensemblers["3d_ensembler"], runners, window=(16, 16, 16))(y_t, condition, 40)
+    windowed = Windowed(Learned(ensemblers["3d_ensembler"], runners), (16, 16, 16))(y_t, condition, 40)
     assert (windowed - plain).abs().max() <= 1e-6
 
 
@@ -214,7 +217,8 @@ def test_learned_patch_wise_runs_experts_and_ensembler_per_window(tiny):
     _, _, ensemblers = tiny
     runners = runners_of(tiny)
     y_t, condition = volumes(shape=(16, 16, 24))
-    learned = Learned(ensemblers["3d_ensembler"], runners, window=(8, 16, 16), overlap=0.5, sigma_scale=0.125)
+    learned = build_strategy("3d_ensembler", runners, ensemblers["3d_ensembler"], window=(8, 16, 16), overlap=0.5,
+                             sigma_scale=0.125)
     eps = learned(y_t, condition, 77)
     # an untrained ensembler averages, so per window it is the average of the experts on that window's slices
     average = Average(list(runners.values()))
@@ -223,16 +227,42 @@ def test_learned_patch_wise_runs_experts_and_ensembler_per_window(tiny):
     assert (eps - expected).abs().max() <= 1e-6
 
 
-def test_learned_windows_use_global_positions():
-    """Pointwise experts (with position channels) and ensembler: windows must reproduce the full pass."""
-    runners = {name: ExpertRunner(PointwiseExpert(1 + 1 + 3, seed), axis, 5, position_channels=3, name=name)
-               for name, axis, seed in (("2d_axial", 2, 1), ("2d_sagittal", 0, 2))}
-    learned_full = Learned(PointwiseEnsembler(), runners)
-    learned_windowed = Learned(PointwiseEnsembler(), runners, window=(8, 6, 8), overlap=0.5)
+def pointwise_runners(slice_batch_size=5):
+    """Two pointwise experts with position channels: the output at a voxel depends on that voxel's inputs only."""
+    return {name: ExpertRunner(PointwiseExpert(1 + 1 + 3, seed), axis, slice_batch_size, position_channels=3,
+                               name=name)
+            for name, axis, seed in (("2d_axial", 2, 1), ("2d_sagittal", 0, 2))}
+
+
+@pytest.mark.parametrize("name", ["2d_axial", "2d_sagittal", "tpdm", "average", "learned"])
+def test_windows_use_global_positions_for_every_strategy(name):
+    """Pointwise experts (with position channels): windows must reproduce the full pass, whatever the strategy."""
+    runners = pointwise_runners()
     y_t, condition = volumes(shape=(13, 16, 10))
+    full = build_strategy(name, runners, PointwiseEnsembler())
+    windowed = build_strategy(name, runners, PointwiseEnsembler(), window=(8, 6, 8), overlap=0.5)
+    assert isinstance(windowed, Windowed) and windowed.window == (8, 6, 8) and windowed.uses_positions
     with torch.no_grad():
-        full = learned_full(y_t, condition, 5)
-    assert (learned_windowed(y_t, condition, 5) - full).abs().max() <= 1e-5
+        for t in (5, 4):                         # two steps: TPDM's second turn as well
+            reference = full(y_t, condition, t)
+            assert (windowed(y_t, condition, t) - reference).abs().max() <= 1e-5, t
+    # the same windows with window-local coordinates are wrong: the check above can fail
+    local = [r(y, c, 5)[0] for r in runners.values() for y, c in [(y_t[..., :8, :6, :8], condition[..., :8, :6, :8])]]
+    cut = [r(y_t, condition, 5)[0][..., :8, :6, :8] for r in runners.values()]
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(local, cut))
+
+
+def test_windowed_resets_the_wrapped_strategy():
+    log = []
+    tpdm = TPDM([RecordingRunner(0, log), RecordingRunner(1, log)])
+    windowed = Windowed(tpdm, (2, 2, 2), overlap=0.5)
+    y_t, condition = volumes(shape=(4, 4, 4))
+    windowed(y_t, condition, 9)
+    assert set(log) == {0} and len(log) == 27             # 3 x 3 x 3 windows, all in TPDM's first step
+    windowed(y_t, condition, 8)
+    assert set(log[27:]) == {1}
+    windowed.reset()
+    assert tpdm.history == [] and windowed.runners == tpdm.runners and not windowed.uses_positions
 
 
 def test_learned_matches_runners_to_the_ensemblers_experts(tiny):
@@ -261,7 +291,8 @@ def test_build_strategy_by_name(tiny):
     assert build_strategy("tpdm", runners, tpdm_period=4).period == 4
     assert build_strategy("average", runners, weights=[2, 1]).weights == pytest.approx([2 / 3, 1 / 3])
     learned = build_strategy("3d_ensembler", runners, ensemblers["3d_ensembler"], window=(8, 8, 8))
-    assert isinstance(learned, Learned) and learned.window == (8, 8, 8)
+    assert isinstance(learned, Windowed) and learned.window == (8, 8, 8) and isinstance(learned.strategy, Learned)
+    assert isinstance(build_strategy("tpdm", runners, window=(8, 8, 8), overlap=0.25).strategy, TPDM)
     assert isinstance(build_strategy("learned", runners, ensemblers["3d_ensembler_small"]), Learned)
     with pytest.raises(ValueError, match="Unknown strategy"):
         build_strategy("median", runners)

@@ -1,0 +1,34 @@
+"""Test helper: the tiny preset's plans for a small synthetic fingerprint, and untrained networks built from them."""
+import torch
+
+from diffens_auto.networks import Ensembler, build_expert
+from diffens_auto.planning import network_for_task, plan_experiment
+
+TASK = "sr"
+
+
+def tiny_plans(shape=(16, 16, 16), factor=2, task: str = TASK, channels=("T1", "T2"), target: int = 1,
+               gpu_memory_target_gb: float = 8) -> dict:
+    """Tiny-preset plans of a two-case dataset of `shape` foregrounds at 1 mm with one avgpool SR task."""
+    factor = [factor] * 3 if isinstance(factor, int) else list(factor)
+    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [list(shape)] * 2,
+                   "foreground_intensity_properties_per_channel": {
+                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(len(channels))}}
+    tasks = {task: {"target": target, "inputs": [], "degradation": {"type": "avgpool", "factor": factor}}}
+    return plan_experiment(fingerprint, tasks, dict(enumerate(channels)), "Dataset001_Tiny",
+                           gpu_memory_target_gb=gpu_memory_target_gb, preset="tiny")
+
+
+def tiny_models(plans: dict, task: str = TASK, seed: int = 0) -> tuple[dict, dict]:
+    """Untrained experts and ensemblers (eval mode) of every configuration of `plans`, keyed by name."""
+    torch.manual_seed(seed)
+    experts, ensemblers = {}, {}
+    for name, config in plans["configurations"].items():
+        network = network_for_task(plans, name, task)
+        if config["kind"] == "expert":
+            experts[name] = build_expert(network).eval()
+        else:
+            parametrizations = [plans["tasks"][task]["parametrization"]] * len(config["experts"])
+            ensemblers[name] = Ensembler(network, config["experts"], parametrizations,
+                                         plans["tasks"][task]["ensembler_lambda"]).eval()
+    return experts, ensemblers
