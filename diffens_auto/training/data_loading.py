@@ -14,7 +14,8 @@ Each sample (see augmentation.py for the transforms):
        padded crop, slicing.position_channels) when its network plans them.
 
 Batches (ISSUE4): expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions, a, b)};
-ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z)}; float32 torch tensors.
+ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z), "positions": (B, 3, X, Y, Z) (the patch's cut
+of the crop-wide coordinates, for experts planned with position channels)}; float32 torch tensors.
 
 Determinism: every draw comes from np.random.default_rng([seed, epoch, worker]), so a loader built with the same
 (seed, epoch) yields the same batches; with workers > 0, batchgenerators' MultiThreadedAugmenter collects them
@@ -179,7 +180,9 @@ class EnsemblerBatchSampler(_VolumeSampler):
 
     def generate_train_batch(self) -> dict:
         rng = self.rng
-        y0s, conditions, case_ids = [], [], []
+        y0s, conditions, positions, case_ids = [], [], [], []
+        # Experts planned with position channels saw crop-wide coordinates: a patch gets its cut of them.
+        coords = position_channels(self.volume_shape)[0]
         for _ in range(self.batch_size):
             case_id, y0, condition = self.case_sample(rng)
             start = [draw_block_offset(v - p, s, rng, centred=not self.settings.random_placement)
@@ -188,8 +191,10 @@ class EnsemblerBatchSampler(_VolumeSampler):
             y0s.append(y0[(slice(None),) + window].numpy())
             conditions.append(augment_intensity(condition[(slice(None),) + window].numpy(), self.settings, rng,
                                                 self._transforms))
+            positions.append(coords[(slice(None),) + window].numpy())
             case_ids.append(case_id)
-        return {"y0": np.stack(y0s), "condition": np.stack(conditions), "case_ids": np.array(case_ids)}
+        return {"y0": np.stack(y0s), "condition": np.stack(conditions), "positions": np.stack(positions),
+                "case_ids": np.array(case_ids)}
 
 
 class _BatchLoader:

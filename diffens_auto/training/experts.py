@@ -157,7 +157,12 @@ def load_frozen_experts(specs, checkpoint_paths, plans: dict, configuration: str
 
 
 def check_expert_hashes(recorded: list[dict], loaded: list[FrozenExpert]) -> None:
-    """A resumed ensembler must see the experts it started with (same checkpoint bytes)."""
+    """A resumed ensembler must see the experts it started with (same names, same checkpoint bytes)."""
+    if [r["name"] for r in recorded] != [e.record["name"] for e in loaded]:
+        raise ExpertMismatchError(
+            f"This ensembler was started with experts {[r['name'] for r in recorded]} but now gets "
+            f"{[e.record['name'] for e in loaded]}. Fix: continue with the same --experts, or train it anew "
+            "(without --c).")
     for old, new in zip(recorded, loaded):
         if old["sha256"] != new.record["sha256"]:
             raise ExpertMismatchError(

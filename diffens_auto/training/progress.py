@@ -24,7 +24,7 @@ class Progress:
     """Text log and per-epoch curves of one training run; only the writer (rank 0) touches files."""
 
     def __init__(self, folder: str | Path, writer: bool = True, echo: bool = True):
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.writer, self.echo = writer, echo
         self.curves = {name: [] for name in CURVES}
         self.log_path = None

@@ -263,14 +263,17 @@ class Trainer:
         return self.output_folder
 
     def start_fresh(self) -> None:
-        """A run from scratch owns its fold folder: checkpoints of an earlier run there are removed first."""
+        """A run from scratch owns its fold folder: an earlier run's checkpoints are moved to `previous_run/`
+        (replacing what an even older run left there), so `--c` cannot pick them up and nothing is lost yet."""
         stale = [self.output_folder / n for n in (ckpt.LATEST, ckpt.BEST, ckpt.FINAL)]
         stale = [p for p in stale if p.is_file()]
         if self.rank == 0 and stale:
-            self.progress.log(f"training from scratch: removing the earlier run's {[p.name for p in stale]} "
-                              "(use --c to continue a run instead)")
+            previous = self.output_folder / "previous_run"
+            self.progress.log(f"training from scratch: moving the earlier run's {[p.name for p in stale]} to "
+                              f"{previous} (use --c to continue a run instead)")
+            previous.mkdir(exist_ok=True)
             for path in stale:
-                path.unlink()
+                path.replace(previous / path.name)
         else:
             self.progress.log(f"training from scratch in {self.output_folder}")
 
@@ -413,7 +416,8 @@ def make_schedule(plans: dict, configuration: str, num_epochs: int | None = None
     iterations = int(iterations_per_epoch or training["iterations_per_epoch"])
     val_iterations, every = int(training["val_iterations"]), int(training["checkpoint_every"])
     if kind == "expert":
-        stage = Stage("train", int(num_epochs or training["num_epochs"]), tuple(config["patch_size"]),
+        epochs = num_epochs if num_epochs is not None else training["num_epochs"]
+        stage = Stage("train", int(epochs), tuple(config["patch_size"]),
                       int(config["batch_size"]))
         return Schedule((stage,), iterations, val_iterations, every, stage)
     pretrain, finetune = int(training["pretrain_epochs"]), int(training["finetune_epochs"])

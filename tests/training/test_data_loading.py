@@ -46,6 +46,18 @@ def test_ensembler_batches_pretraining_and_fine_tuning(demo_data, plans, task):
             shape = tuple(patch or config["patch_size"])
             assert batch["y0"].shape == (config["batch_size"], 1, *shape)
             assert batch["condition"].shape == (config["batch_size"], n_cond, *shape)
+            assert batch["positions"].shape == (config["batch_size"], 3, *shape)
+
+
+def test_ensembler_patches_carry_their_cut_of_the_crop_wide_positions(demo_data, plans):
+    batch = next(_ensembler(demo_data, plans, "sr", "3d_ensembler", seed=3, patch_size=[8, 12, 16]))
+    crop = position_channels(tuple(plans["crop_size"]))[0]
+    positions = batch["positions"][0]
+    # The patch's smallest coordinate on each axis locates it in the crop; then every voxel must match there.
+    start = [int(torch.argmin((torch.linspace(-1, 1, n) - positions[a].min()).abs()))
+             for a, n in enumerate(plans["crop_size"])]
+    window = tuple(slice(s, s + n) for s, n in zip(start, (8, 12, 16)))
+    assert torch.allclose(positions, crop[(slice(None),) + window])
 
 
 def test_a_patch_larger_than_the_crop_pads_the_crop(demo_data, plans):
