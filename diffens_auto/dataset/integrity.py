@@ -18,7 +18,7 @@ def check_image_file(path: Path) -> tuple[list[str], dict | None]:
     except ImageReadError as e:
         return [str(e)], None
     problems = []
-    nonfinite = count_nonfinite_voxels(path) if np.issubdtype(array.dtype, np.floating) else 0
+    nonfinite = count_nonfinite_voxels(path, array)
     if nonfinite:
         problems.append(f"{path}: {nonfinite} voxel(s) are NaN or infinite. Fix: replace them (e.g. with 0) "
                         "or re-export the image.")

@@ -20,7 +20,7 @@ PERCENTILES = (0.5, 99.5)
 def case_fingerprint(case_id: str, files: list[Path], seed: int = 0) -> dict:
     """Read one case and return its spacing, shapes and a seeded sample of foreground intensities per channel."""
     data, props = read_case(files)
-    bad = [str(f) for f in files if count_nonfinite_voxels(f)]
+    bad = [str(f) for f, channel in zip(files, data) if count_nonfinite_voxels(f, channel)]
     if bad:
         raise DatasetError(f"case {case_id}: NaN or infinite voxels in {bad}. Fix: replace them (e.g. with 0) or "
                            "re-export the images; --verify_dataset_integrity lists every such problem at once.")

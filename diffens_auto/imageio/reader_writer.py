@@ -67,11 +67,12 @@ def _as_3d(path: Path, array: np.ndarray, spacing, origin, direction):
                      "(CASE_0000.nii.gz, CASE_0001.nii.gz, ...), e.g. with fslsplit or SimpleITK")
 
 
-def count_nonfinite_voxels(path: str | os.PathLike) -> int:
-    """Count the NaN/inf voxels a file really holds (read_image may already have replaced them)."""
-    if is_nifti(path):
+def count_nonfinite_voxels(path: str | os.PathLike, array: np.ndarray | None = None) -> int:
+    """Count the NaN/inf voxels a file really holds (`array`: the file as read_image gave it, to avoid a re-read)."""
+    if is_nifti(path):  # ITK's NIfTI reader turns NaN/inf into 0, so only the file itself can tell
         return count_nonfinite_nifti(path)
-    array, _ = read_image(path)
+    if array is None:
+        array, _ = read_image(path)
     return int(np.count_nonzero(~np.isfinite(array)))
 
 
