@@ -38,3 +38,45 @@ def small_raw_dataset(diffens_folders):
         "tasks": {"sr": {"target": "T2", "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}},
                   "mt": {"target": "T2", "inputs": ["T1"]}}}))
     return folder
+
+
+TRAINED_DEMO_MODELS = (("sr", "2d_axial"), ("sr", "2d_sagittal"), ("sr", "3d_ensembler"), ("mt", "2d_axial"))
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+    """Dataset900_DemoBrain (4 cases of 32^3 at 2 mm, tiny plans) with briefly trained fold-0 models.
+
+    sr: 2d_axial, 2d_sagittal and 3d_ensembler (fusing those two); mt: 2d_axial. One epoch of 2 iterations each:
+    the weights are barely trained, which is all that shapes, geometry and bookkeeping tests need. Returns a
+    namespace with the three folders (raw, preprocessed, results), the dataset name and the plans name; use the
+    `trained_demo_folders` fixture to point the environment variables at them.
+    """
+    from types import SimpleNamespace
+
+    from diffens_auto.dataset.demo import make_demo_dataset
+    from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from diffens_auto.training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained_demo")
+    folders = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for variable in (paths.RAW_VARIABLE, paths.PREPROCESSED_VARIABLE, paths.RESULTS_VARIABLE):
+            folders[variable] = root / variable
+            folders[variable].mkdir()
+            monkeypatch.setenv(variable, str(folders[variable]))
+        make_demo_dataset(num_cases=4, shape=(32, 32, 32), spacing=(2, 2, 2))
+        plan_and_preprocess(900, preset="tiny", num_processes=1)
+        for task, configuration in TRAINED_DEMO_MODELS:
+            train(900, task, configuration, 0, num_epochs=1, iterations_per_epoch=2, echo=False)
+    return SimpleNamespace(root=root, folders=folders, raw=folders[paths.RAW_VARIABLE],
+                           preprocessed=folders[paths.PREPROCESSED_VARIABLE], results=folders[paths.RESULTS_VARIABLE],
+                           dataset_name="Dataset900_DemoBrain", plans_name="diffensPlans_tiny")
+
+
+@pytest.fixture
+def trained_demo_folders(trained_demo, monkeypatch):
+    """Point diffens_raw/preprocessed/results at the trained demo's folders for one test; returns the namespace."""
+    for variable, folder in trained_demo.folders.items():
+        monkeypatch.setenv(variable, str(folder))
+    return trained_demo

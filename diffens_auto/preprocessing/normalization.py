@@ -81,24 +81,26 @@ def degraded_targets(plans: Mapping) -> dict[int, dict[str, list[int]]]:
 
 
 def case_normalization(original: np.ndarray, original_mask: np.ndarray, resampled: np.ndarray,
-                       plans: Mapping) -> dict[str, dict]:
+                       plans: Mapping, channels: Sequence[int] | None = None) -> dict[str, dict]:
     """Return per channel {"case": params, "degraded": {key: params}[, "dataset": params]} of one case.
 
     "case" comes from the foreground voxels of `original` (C, X, Y, Z), the cropped raw image at its own
     resolution, as the fingerprint's (and so the "dataset") statistics do: resampling adds partial-volume and
     spline-ringing voxels at the surface that would pull the low percentile down. "degraded" comes from the
     block averages of `resampled` (C, X', Y', Z'), raw intensities at the target spacing and 0 outside the
-    foreground, because the degradation operator acts on that grid.
+    foreground, because the degradation operator acts on that grid. `channels` are the dataset channel numbers
+    of the rows (default 0..C-1).
     """
     settings = plans.get("normalization", {})
     percentiles = settings.get("percentiles", DEFAULT_PERCENTILES)
     dataset_params = settings.get("dataset", {})
     degraded = degraded_targets(plans)
     original_mask = np.asarray(original_mask, dtype=bool)
+    channels = range(original.shape[0]) if channels is None else [int(c) for c in channels]
     out = {}
-    for c in range(original.shape[0]):
-        entry = {"case": params_from_values(original[c][original_mask], percentiles),
-                 "degraded": {key: degraded_params(resampled[c], factor, percentiles)
+    for row, c in enumerate(channels):
+        entry = {"case": params_from_values(original[row][original_mask], percentiles),
+                 "degraded": {key: degraded_params(resampled[row], factor, percentiles)
                               for key, factor in degraded.get(c, {}).items()}}
         if str(c) in dataset_params:
             entry["dataset"] = {k: float(dataset_params[str(c)][k]) for k in ("center", "half_range")}

@@ -84,6 +84,22 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
         raise ValueError(f"case {case_id}: {len(files)} file(s) {[str(f) for f in files]} but the plans have "
                          f"{len(names)} channels {dict(names)}. Fix: give one file per channel, in channel order.")
     raw, image_props = read_case(files)
+    data, mask, properties, mask_original = preprocess_arrays(raw, image_props, plans, case_id, files=files)
+    properties["file_stamps"] = file_stamps(files)
+    properties["channel_names"] = _channel_names(plans, files)
+    result = (data, mask, properties)
+    return result + (mask_original,) if return_mask_original else result
+
+
+def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, case_id: str,
+                      channels: list[int] | None = None, files=None):
+    """Crop, resample and normalise a case already in memory: raw (C, X, Y, Z) canonical, with its imageio props.
+
+    `channels` are the dataset channel numbers of raw's rows (default 0..C-1; prediction passes only the task's
+    channels); properties["normalization"] is keyed by them. Returns (data, mask uint8, properties,
+    mask_original uint8).
+    """
+    channels = list(range(raw.shape[0])) if channels is None else [int(c) for c in channels]
     cropped, mask_original, bbox = crop_to_nonzero(raw, case_id, files)
     spacing = [float(s) for s in image_props["spacing"]]
     target = [float(s) for s in plans["target_spacing"]]
@@ -91,21 +107,20 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
     axis = separate_z_axis(spacing, target, resampling["anisotropy_threshold"])
     new_shape = compute_new_shape(cropped.shape[1:], spacing, target)
 
-    data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape, resampling["order"], resampling["order_z"],
-                         resampling["anisotropy_threshold"], separate_z=axis)
+    data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape, resampling["order"],
+                         resampling["order_z"], resampling["anisotropy_threshold"], separate_z=axis)
     mask = foreground_at_spacing(mask_original, spacing, target, new_shape)
     # Zero outside the foreground before normalising: removes spline ringing and makes background invert to 0.
     data[:, ~mask] = 0
-    normalization = case_normalization(cropped, mask_original, data, plans)
-    for c in range(data.shape[0]):
-        data[c] = normalize(data[c], normalization[str(c)]["case"])
+    normalization = case_normalization(cropped, mask_original, data, plans, channels)
+    for row, c in enumerate(channels):
+        data[row] = normalize(data[row], normalization[str(c)]["case"])
 
     properties = {
         "case_id": case_id,
-        "files": [str(f) for f in files],
-        "file_stamps": file_stamps(files),
-        "channel_names": _channel_names(plans, files),
-        "image_props": copy.deepcopy(image_props),
+        "files": [str(f) for f in files] if files is not None else [],
+        "channels": channels,
+        "image_props": copy.deepcopy(dict(image_props)),
         "shape_before_crop": [int(s) for s in image_props["shape"]],
         "bbox": [[int(lo), int(hi)] for lo, hi in bbox],
         "shape_after_crop": [int(s) for s in cropped.shape[1:]],
@@ -116,8 +131,7 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
         "normalization": normalization,
         "preprocessing": preprocessing_settings(plans),
     }
-    result = (data, mask.astype(np.uint8), properties)
-    return result + (mask_original.astype(np.uint8),) if return_mask_original else result
+    return data, mask.astype(np.uint8), properties, mask_original.astype(np.uint8)
 
 
 def preprocess_and_save_case(case_id: str, files: list[Path], plans: Mapping, output_folder: Path) -> None:

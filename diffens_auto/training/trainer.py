@@ -37,6 +37,7 @@ from diffens_auto.training.ema import EMA, unwrap
 from diffens_auto.training.experts import (ExpertMismatchError, FrozenExpert, check_expert_hashes,
                                            check_experts_trained, ensembler_network, expert_specs, fold_folder,
                                            load_frozen_experts, run_experts)
+from diffens_auto.training.model_folder import write_model_files
 from diffens_auto.training.progress import Progress
 
 
@@ -593,4 +594,6 @@ def _train_rank(context: distributed.RankContext, run: RunSpec, num_epochs, iter
     """One rank's training (all of it in a single process); module-level so that spawned ranks can import it."""
     trainer = build_trainer(run, context.device, num_epochs, iterations_per_epoch, seed, context.rank,
                             context.world_size, loaders=loaders, wrap_model=context.wrap, echo=echo)
+    if context.rank == 0:
+        write_model_files(run.output_folder.parent, run.plans, run.preprocessed_dataset_folder)
     return trainer.fit(continue_training)

@@ -1,0 +1,1 @@
+"""Prediction: the DiffensPredictor, batch folders, export to the input's geometry, uncertainty."""

@@ -1,0 +1,187 @@
+"""One case's inputs turned into what sampling needs, and the sampled target turned back into an image.
+
+Output grid. A task with a degradation (SR) and `input_grid="lr"`: the low-resolution input alone defines it,
+`operators.highres_grid` (shape x factor, same direction, each input voxel's centre at its block's centre).
+`input_grid="hr"`: the input is already on the output grid and the measurement is A(input). Without a
+degradation (MT) the output grid is the inputs' grid. Other inputs of the task (the T1ce of "both") must lie on
+the output grid.
+
+Forward: the degraded target channel is up(lr), trilinear with block-centre alignment (the training condition's
+up(A(target))), zeroed outside the blocks whose input is non-zero; with the task's other inputs it is cropped,
+resampled and normalised exactly as training data (`preprocess_arrays`). The target's intensity scale comes from
+the low-resolution input itself (its "degraded" parameter set, as training computed it from A(target)); an MT
+target's from the dataset statistics. Per-step consistency works on the preprocessed grid with the measurement
+A(nearest-neighbour up(lr)) resampled there.
+
+Back: invert the preprocessing onto the output grid, zero everything outside the input's non-zero blocks, then
+apply the consistency projection in original intensities on that grid, so A(output) = input holds exactly
+whatever the pipeline resampled inside.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffens_auto.dataset.dataset_json import degradation_key
+from diffens_auto.imageio import check_same_geometry
+from diffens_auto.operators import avgpool_downsample, highres_grid, operator_for
+from diffens_auto.preprocessing.inversion import invert_preprocessing
+from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normalize, params_from_lowres
+from diffens_auto.preprocessing.preprocessor import preprocess_arrays
+from diffens_auto.preprocessing.resampling import resample_data
+from diffens_auto.training.conditioning import task_background, task_normalization, task_volumes, upsample_to_grid
+
+INPUT_GRIDS = ("lr", "hr")
+
+
+class CaseInputError(ValueError):
+    """A case's input images cannot be predicted as given; the message names the file and the fix."""
+
+
+@dataclass
+class PreparedCase:
+    """A case ready to sample (padded, task-normalised condition) with what is needed to write the result."""
+
+    case_id: str
+    condition: torch.Tensor            # (1, n_cond, X', Y', Z') padded to the networks' multiples
+    pads: list                         # [(before, after)] per axis of the padding
+    measurement: torch.Tensor | None   # (1, 1, x', y', z') A of the measured target on the unpadded grid
+    properties: dict                   # preprocessing properties (inversion)
+    mask_original: np.ndarray
+    target_params: dict                # the output's intensity scale {"center", "half_range"}
+    output_props: dict                 # imageio props of the output grid
+    keep: np.ndarray                   # bool, output grid: where the output may be non-zero
+    lowres: np.ndarray | None          # float64 measurement on the original low-resolution grid
+    preview_input: np.ndarray          # the primary input on the output grid (up(lr) for SR), for previews
+
+    @property
+    def shape(self) -> tuple:
+        """Spatial shape that is sampled (padded)."""
+        return tuple(self.condition.shape[2:])
+
+
+def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], files: Mapping, task_plans: Mapping,
+                 input_grid: str):
+    """(output props, float64 low-resolution measurement or None, keep mask) of a case."""
+    degradation = task_plans.get("degradation")
+    if not degradation:
+        first = int(task_plans["inputs"][0])
+        keep = np.any(np.stack([arrays[int(c)] != 0 for c in task_plans["inputs"]]), axis=0)
+        return copy.deepcopy(props[first]), None, keep
+    target = int(task_plans["target"])
+    operator = operator_for(degradation)
+    if input_grid == "lr":
+        lowres = np.asarray(arrays[target], dtype=np.float64)
+        output_props = highres_grid(props[target], operator.factor)
+    else:
+        lowres = avgpool_downsample(np.asarray(arrays[target], dtype=np.float64), operator.factor)
+        output_props = copy.deepcopy(props[target])
+    hr_shape = [int(n) for n in output_props["shape"]]
+    keep = operator.pinv(torch.from_numpy((lowres != 0).astype(np.float32)), hr_shape).numpy() > 0
+    for channel in task_plans["inputs"]:
+        problems = check_same_geometry(props[int(channel)], output_props)
+        if problems:
+            raise CaseInputError(
+                f"{files.get(int(channel), f'channel {channel}')}: input {channel} is not on the output grid "
+                f"({'; '.join(problems)}). With --input_grid {input_grid} the output grid is "
+                f"{'the low-resolution input x ' + str(list(operator.factor)) if input_grid == 'lr' else 'the input grid'}"
+                f" (shape {hr_shape}). Fix: resample it onto that grid, or give the target input on the other grid "
+                "(--input_grid lr|hr).")
+    return output_props, lowres, keep
+
+
+def _pad(volume: torch.Tensor, multiples, values) -> tuple[torch.Tensor, list]:
+    """Pad (1, C, X, Y, Z) per channel with `values` to multiples of `multiples`, split evenly before/after."""
+    pads = []
+    for n, m in zip(volume.shape[2:], multiples):
+        extra = -n % int(m)
+        pads.append((extra // 2, extra - extra // 2))
+    if not any(a or b for a, b in pads):
+        return volume, pads
+    flat = [p for pair in reversed(pads) for p in pair]
+    channels = [F.pad(volume[:, c:c + 1], flat, value=float(v)) for c, v in enumerate(values)]
+    return torch.cat(channels, dim=1), pads
+
+
+def unpad(volume: torch.Tensor, pads) -> torch.Tensor:
+    """Undo `_pad` on (..., X, Y, Z)."""
+    region = tuple(slice(a, volume.shape[-3 + i] - b) for i, (a, b) in enumerate(pads))
+    return volume[(..., *region)]
+
+
+def _resample_like(volume: np.ndarray, properties: Mapping, order: int = 1) -> np.ndarray:
+    """Crop a volume on the case's grid to the case's bbox and resample it as preprocessing did (linear)."""
+    region = tuple(slice(lo, hi) for lo, hi in properties["bbox"])
+    resampling = properties["resampling"]
+    return resample_data(volume[region][None], properties["spacing_before_resampling"],
+                         properties["spacing_after_resampling"], properties["shape_after_resampling"], order, order,
+                         resampling["anisotropy_threshold"], separate_z=resampling["separate_z_axis"])[0]
+
+
+def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], plans: Mapping, task: str,
+                 input_grid: str = "lr", case_id: str = "case", files: Mapping | None = None,
+                 consistency: bool = True) -> PreparedCase:
+    """Preprocess one case's canonical input arrays (by dataset channel) for sampling `task` (module docstring)."""
+    if input_grid not in INPUT_GRIDS:
+        raise ValueError(f"input_grid {input_grid!r}: use one of {INPUT_GRIDS}.")
+    files = files or {}
+    task_plans = plans["tasks"][task]
+    target, inputs = int(task_plans["target"]), [int(c) for c in task_plans["inputs"]]
+    degradation = task_plans.get("degradation")
+    output_props, lowres, keep = _output_grid(arrays, props, files, task_plans, input_grid)
+    hr_shape = [int(n) for n in output_props["shape"]]
+    rows, channels = [np.asarray(arrays[c], dtype=np.float32) for c in inputs], list(inputs)
+    if degradation:
+        operator = operator_for(degradation)
+        up = upsample_to_grid(torch.from_numpy(lowres.astype(np.float32))[None, None], operator.factor, hr_shape)
+        rows.append(up[0, 0].numpy() * keep)
+        channels.append(target)
+    if not np.any(np.stack(rows) != 0):
+        raise CaseInputError(f"{', '.join(str(f) for f in files.values()) or case_id}: every voxel is 0. Fix: check "
+                             "the file (an empty or fully masked scan cannot be translated).")
+    data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props, plans, case_id, channels)
+    percentiles = plans.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
+    entries = properties["normalization"]
+    if degradation:
+        key = degradation_key(degradation)
+        entries[str(target)]["degraded"][key] = params_from_lowres(lowres, percentiles)
+    else:
+        dataset = plans["normalization"]["dataset"][str(target)]
+        entries[str(target)] = {"case": dict(dataset), "degraded": {}, "dataset": dict(dataset)}
+    volumes = {c: data[row] for row, c in enumerate(channels)}
+    volumes.setdefault(target, np.zeros(data.shape[1:], np.float32))
+    target_volume, input_volumes = task_volumes(volumes, properties, plans, task)
+    target_params = task_normalization(properties, plans, task)[0][1]
+    parts = [input_volumes] + ([target_volume] if degradation else [])
+    condition = torch.from_numpy(np.concatenate(parts))[None]
+    background = task_background(properties, plans, task)
+    pad_values = list(background[1:]) + ([background[0]] if degradation else [])
+    condition, pads = _pad(condition, plans["crop_multiples"], pad_values)
+
+    measurement = None
+    if degradation and consistency:
+        nearest = operator.pinv(torch.from_numpy(lowres), hr_shape).numpy()
+        measured = normalize(_resample_like(nearest, properties), target_params)
+        measurement = operator.A(torch.from_numpy(measured)[None, None])
+    preview = rows[-1] if degradation else rows[0]
+    return PreparedCase(case_id, condition, pads, measurement, properties, mask_original, target_params,
+                        output_props, keep, lowres, preview)
+
+
+def finish_case(target_pp: np.ndarray, case: PreparedCase, task_plans: Mapping, consistency: bool = True) -> np.ndarray:
+    """The sampled target (unpadded, task-normalised, preprocessed grid) as a float32 image on the output grid."""
+    channel = case.properties["channels"][0]
+    values, _ = invert_preprocessing(target_pp, case.properties, channel, case.target_params,
+                                     mask_original=case.mask_original)
+    values = values.astype(np.float64) * case.keep
+    degradation = task_plans.get("degradation")
+    if degradation and consistency:
+        operator = operator_for(degradation)
+        projected = operator.project(torch.from_numpy(values)[None, None], torch.from_numpy(case.lowres)[None, None])
+        values = projected[0, 0].numpy() * case.keep
+    return values.astype(np.float32)

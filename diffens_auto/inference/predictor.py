@@ -1,0 +1,249 @@
+"""DiffensPredictor: sample a trained model on new scans (one volume in memory, or a whole folder).
+
+    predictor = DiffensPredictor(steps=50, seed=0, device="cuda")
+    predictor.initialize_from_trained_model(501, "sr", "3d_ensembler", fold=0)
+    predictor.predict_from_files("in", "out")                 # what diffens_predict does
+    mean, std, props = predictor.predict_volume({3: lowres}, {3: lowres_props})
+
+Each sample starts from its own seed (seed, seed + 1, ...), so the first of N samples equals a 1-sample run.
+The x0 estimate of every step is clipped (plans' clip_x0) and, for a task with a degradation, projected onto
+the measurement on the preprocessed grid; the finished image gets the exact projection on the output grid
+(case_preparation.py).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+import diffens_auto
+from diffens_auto.atomic import atomic_write_json
+from diffens_auto.diffusion import sample, sampler_from_plans
+from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
+from diffens_auto.inference.case_preparation import INPUT_GRIDS, PreparedCase, finish_case, prepare_case, unpad
+from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
+from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model
+from diffens_auto.inference.previews import write_preview
+from diffens_auto.inference.summary import PredictionSummary
+from diffens_auto.operators import operator_for
+from diffens_auto.training.checkpoints import FINAL
+from diffens_auto.training.conditioning import target_from_y0
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def check_device(device) -> torch.device:
+    """torch.device of `device`, refused with the fix when this machine does not have it."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictionSetupError("-device cuda: no CUDA device is available to torch here. Fix: -device cpu, or "
+                                   "install a CUDA build of torch.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictionSetupError("-device mps: MPS is not available on this machine. Fix: -device cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PredictionSetupError(f"-device {device}: use cpu, cuda or mps.")
+    return device
+
+
+class DiffensPredictor:
+    """Sampling settings plus a loaded model; predicts volumes, case files and folders."""
+
+    def __init__(self, steps: int | None = None, sampler: str | None = None, eta: float | None = None, seed: int = 0,
+                 num_samples: int = 1, consistency: bool = True, input_grid: str = "lr", device="cpu",
+                 slice_batch_size: int | None = None, progress: bool = True, previews: bool = False):
+        """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
+        if sampler is not None and sampler not in SAMPLERS:
+            raise PredictionSetupError(f"--sampler {sampler}: use one of {SAMPLERS}.")
+        if input_grid not in INPUT_GRIDS:
+            raise PredictionSetupError(f"--input_grid {input_grid}: use one of {INPUT_GRIDS}.")
+        if num_samples < 1:
+            raise PredictionSetupError(f"--num_samples {num_samples}: give at least 1.")
+        if steps is not None and steps < 1:
+            raise PredictionSetupError(f"--steps {steps}: give at least 1.")
+        self.steps, self.sampler_name, self.eta, self.seed = steps, sampler, eta, int(seed)
+        self.num_samples, self.consistency, self.input_grid = int(num_samples), bool(consistency), input_grid
+        self.device = check_device(device)
+        self.slice_batch_size, self.progress, self.previews = slice_batch_size, progress, previews
+        self.model: TrainedModel | None = None
+        self.sampler = None
+
+    # ------------------------------------------------------------------ model
+
+    def initialize_from_trained_model(self, dataset, task: str, configuration: str | None = None, fold=0,
+                                      plans_name: str | None = None, checkpoint: str = FINAL,
+                                      experts: list[str] | None = None) -> "DiffensPredictor":
+        """Load a trained model from diffens_results (see inference/model.py for what -c may name)."""
+        model = load_trained_model(dataset, task, configuration, fold, plans_name, checkpoint, self.device,
+                                   experts, self.slice_batch_size)
+        return self.use_model(model)
+
+    def use_model(self, model: TrainedModel) -> "DiffensPredictor":
+        """Use an already loaded model (validation after training loads its own)."""
+        diffusion = dict(model.plans["diffusion"])
+        if self.sampler_name is not None:
+            diffusion["sampler"] = self.sampler_name
+        if self.eta is not None:
+            diffusion["eta"] = float(self.eta)
+        self.model = model
+        self.sampler = sampler_from_plans(diffusion, num_steps=self.steps)
+        return self
+
+    def _require_model(self) -> TrainedModel:
+        if self.model is None:
+            raise PredictionSetupError("No model loaded: call initialize_from_trained_model first.")
+        return self.model
+
+    def settings(self) -> dict:
+        """The sampling settings and the model's identity, as saved beside the outputs."""
+        model = self._require_model()
+        plans_bytes = json.dumps(model.plans, sort_keys=True).encode()
+        return {
+            "package_version": diffens_auto.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "dataset": model.dataset_name, "task": model.task, "configuration": model.configuration,
+            "fold": model.fold, "plans_name": model.plans_name,
+            "plans_sha256": hashlib.sha256(plans_bytes).hexdigest(),
+            "checkpoints": model.checkpoints,
+            "sampler": repr(self.sampler), "steps": len(self.sampler.timesteps), "seed": self.seed,
+            "num_samples": self.num_samples, "consistency": self.consistency, "input_grid": self.input_grid,
+            "device": str(self.device),
+        }
+
+    # ------------------------------------------------------------------ one volume
+
+    def _x0_hook(self, case: PreparedCase):
+        """Per-step consistency projection of x0_hat onto the measurement (Sec. 3.1), on the preprocessed grid."""
+        task_plans = self._require_model().task_plans
+        if case.measurement is None:
+            return None
+        operator = operator_for(task_plans["degradation"])
+        condition = case.condition.to(self.device)
+        measurement = case.measurement.to(self.device)
+        residual = task_plans["parametrization"] == "epsilon_residual"
+
+        def hook(x0_hat, t):
+            target = target_from_y0(x0_hat, condition, task_plans)
+            region = tuple(slice(a, n - b) for (a, b), n in zip(case.pads, target.shape[2:]))
+            projected = target.clone()
+            projected[(..., *region)] = operator.project(target[(..., *region)], measurement.to(target.dtype))
+            return (projected - condition[:, -1:]) / 2 if residual else projected
+        return hook
+
+    def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
+        """num_samples targets of a prepared case, each a float32 image on the output grid."""
+        model = self._require_model()
+        task_plans = model.task_plans
+        condition = case.condition.to(self.device)
+        hook = self._x0_hook(case)
+        outputs = []
+        for i in range(self.num_samples):
+            y0 = sample(model.strategy, self.sampler, (1, 1, *case.shape), condition, seed=self.seed + i,
+                        x0_hook=hook, progress=self.progress, device=self.device)
+            target = unpad(target_from_y0(y0, condition, task_plans), case.pads)[0, 0]
+            outputs.append(finish_case(target.float().cpu().numpy(), case, task_plans, self.consistency))
+        return outputs
+
+    def predict_volume(self, arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], case_id: str = "case",
+                       files: Mapping | None = None):
+        """(mean, std or None, output props) for canonical input arrays keyed by dataset channel (imageio props)."""
+        model = self._require_model()
+        case = prepare_case(arrays, props, model.plans, model.task, self.input_grid, case_id, files,
+                            self.consistency)
+        samples = self.sample_case(case)
+        stacked = np.stack(samples)
+        mean = stacked.mean(axis=0).astype(np.float32)
+        std = stacked.std(axis=0).astype(np.float32) if len(samples) > 1 else None
+        return mean, std, case.output_props, case
+
+    def read_case_inputs(self, case: InputCase) -> tuple[dict, dict]:
+        """Read a case's input files (canonical arrays and props by channel); NaN/inf refused with the file name."""
+        arrays, props = {}, {}
+        for channel, path in case.files.items():
+            array, image_props = read_image(path)
+            bad = count_nonfinite_voxels(path, array)
+            if bad:
+                raise ImageReadError(f"{path}: {bad} voxel(s) are NaN or infinite. Fix: repair or re-export the "
+                                     "image (e.g. replace them with 0).")
+            arrays[channel], props[channel] = array, image_props
+        return arrays, props
+
+    # ------------------------------------------------------------------ folders
+
+    def output_paths(self, output_folder: Path, case_id: str) -> dict[str, Path]:
+        """The files one case writes: the prediction, the std map (num_samples > 1) and the preview (--previews)."""
+        ending = self._require_model().dataset_spec.file_ending
+        out = {"prediction": output_folder / f"{case_id}{ending}"}
+        if self.num_samples > 1:
+            out["std"] = output_folder / f"{case_id}_std{ending}"
+        if self.previews:
+            out["preview"] = output_folder / f"{case_id}.png"
+        return out
+
+    def predict_case(self, case: InputCase, output_folder: Path) -> dict[str, Path]:
+        """Predict one input case and write its files (atomically); raises on any problem with the case."""
+        if case.problem:
+            raise ValueError(case.problem)
+        outputs = self.output_paths(output_folder, case.case_id)
+        arrays, props = self.read_case_inputs(case)
+        mean, std, output_props, prepared = self.predict_volume(arrays, props, case.case_id, case.files)
+        if std is not None:
+            write_image(std, output_props, outputs["std"])
+        if "preview" in outputs:
+            rows = [("input", prepared.preview_input), ("output", mean)] + ([("std", std)] if std is not None else [])
+            write_preview(outputs["preview"], rows, output_props["spacing"], title=case.case_id)
+        write_image(mean, output_props, outputs["prediction"])    # last: its presence means the case is done
+        return outputs
+
+    def predict_from_files(self, input_folder, output_folder, continue_prediction: bool = False,
+                           num_parts: int = 1, part_id: int = 0) -> dict:
+        """Predict every case of `input_folder` into `output_folder`; returns the summary (also written there).
+
+        A failing case is recorded and skipped; the others finish. `continue_prediction` skips cases whose outputs
+        exist; num_parts/part_id predict every num_parts-th case (parts run in parallel processes or machines).
+        """
+        model = self._require_model()
+        input_folder, output_folder = Path(input_folder), Path(output_folder)
+        if input_folder.resolve() == output_folder.resolve():
+            raise PredictionSetupError(f"-o {output_folder} is the input folder. Fix: write predictions elsewhere.")
+        try:
+            cases = split_into_parts(find_input_cases(input_folder, model.dataset_spec, self.condition_channels()),
+                                     num_parts, part_id)
+        except ValueError as e:
+            if isinstance(e, PredictionSetupError):
+                raise
+            raise PredictionSetupError(str(e)) from None
+        output_folder.mkdir(parents=True, exist_ok=True)
+        summary = PredictionSummary(output_folder, num_parts, part_id)
+        atomic_write_json(self.settings(), summary.settings_file)
+        from tqdm.auto import tqdm
+        for case in tqdm(cases, desc="cases", unit="case", disable=not self.progress):
+            outputs = self.output_paths(output_folder, case.case_id)
+            if continue_prediction and all(p.is_file() for p in outputs.values()):
+                summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0, outputs,
+                            case.files)
+                continue
+            started = time.time()
+            try:
+                self.predict_case(case, output_folder)
+                summary.add(case.case_id, "done", "", time.time() - started, outputs, case.files)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:   # one bad case never stops the batch: it is reported in the summary
+                message = f"{type(e).__name__}: {e}"
+                if not isinstance(e, (ValueError, ImageReadError, OSError)):
+                    message += "\n" + traceback.format_exc(limit=-3)
+                summary.add(case.case_id, "failed", message, time.time() - started, outputs, case.files)
+            summary.write()
+        summary.write()
+        return summary.as_dict()
+
+    def condition_channels(self) -> list[int]:
+        """Dataset channels a case of this task must provide."""
+        return [int(c) for c in self._require_model().task_plans["condition_channels"]]
