@@ -40,14 +40,15 @@ def small_raw_dataset(diffens_folders):
     return folder
 
 
-TRAINED_DEMO_MODELS = (("sr", "2d_axial"), ("sr", "2d_sagittal"), ("sr", "3d_ensembler"), ("mt", "2d_axial"))
+TRAINED_DEMO_MODELS = (("sr", "2d_axial"), ("sr", "2d_sagittal"), ("sr", "3d_ensembler"), ("mt", "2d_axial"),
+                       ("both", "2d_axial"))
 
 
 @pytest.fixture(scope="session")
 def trained_demo(tmp_path_factory):
     """Dataset900_DemoBrain (4 cases of 32^3 at 2 mm, tiny plans) with briefly trained fold-0 models.
 
-    sr: 2d_axial, 2d_sagittal and 3d_ensembler (fusing those two); mt: 2d_axial. One epoch of 2 iterations each:
+    sr: 2d_axial, 2d_sagittal and 3d_ensembler (fusing those two); mt and both: 2d_axial. One epoch of 2 iterations each:
     the weights are barely trained, which is all that shapes, geometry and bookkeeping tests need. Returns a
     namespace with the three folders (raw, preprocessed, results), the dataset name and the plans name; use the
     `trained_demo_folders` fixture to point the environment variables at them.

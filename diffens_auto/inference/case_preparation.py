@@ -1,7 +1,8 @@
 """One case's inputs turned into what sampling needs, and the sampled target turned back into an image.
 
 Output grid. A task with a degradation (SR) and `input_grid="lr"`: the low-resolution input alone defines it,
-`operators.highres_grid` (shape x factor, same direction, each input voxel's centre at its block's centre).
+`operators.highres_grid` (shape x factor, same direction, each input voxel's centre at its block's centre; when the
+task also has high-resolution inputs whose shape pools to the input's, theirs is the shape: a partial last block).
 `input_grid="hr"`: the input is already on the output grid and the measurement is A(input). Without a
 degradation (MT) the output grid is the inputs' grid. Other inputs of the task (the T1ce of "both") must lie on
 the output grid.
@@ -77,7 +78,13 @@ def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], fi
     operator = operator_for(degradation)
     if input_grid == "lr":
         lowres = np.asarray(arrays[target], dtype=np.float64)
-        output_props = highres_grid(props[target], operator.factor)
+        hr_shape = None
+        if task_plans["inputs"]:
+            # a high-resolution input whose last blocks are partial fixes the exact output shape
+            shape = [int(n) for n in props[int(task_plans["inputs"][0])]["shape"]]
+            if list(operator.lowres_shape(shape)) == list(lowres.shape):
+                hr_shape = shape
+        output_props = highres_grid(props[target], operator.factor, hr_shape)
     else:
         lowres = avgpool_downsample(np.asarray(arrays[target], dtype=np.float64), operator.factor)
         output_props = copy.deepcopy(props[target])

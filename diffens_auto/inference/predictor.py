@@ -212,13 +212,11 @@ class DiffensPredictor:
         input_folder, output_folder = Path(input_folder), Path(output_folder)
         if input_folder.resolve() == output_folder.resolve():
             raise PredictionSetupError(f"-o {output_folder} is the input folder. Fix: write predictions elsewhere.")
-        try:
-            cases = split_into_parts(find_input_cases(input_folder, model.dataset_spec, self.condition_channels()),
-                                     num_parts, part_id)
-        except ValueError as e:
-            if isinstance(e, PredictionSetupError):
-                raise
-            raise PredictionSetupError(str(e)) from None
+        if num_parts < 1 or not 0 <= part_id < num_parts:
+            raise PredictionSetupError(f"-num_parts {num_parts} -part_id {part_id}: part_id must be in "
+                                       "0..num_parts-1.")
+        cases = split_into_parts(find_input_cases(input_folder, model.dataset_spec, self.condition_channels()),
+                                 num_parts, part_id)
         output_folder.mkdir(parents=True, exist_ok=True)
         summary = PredictionSummary(output_folder, num_parts, part_id)
         atomic_write_json(self.settings(), summary.settings_file)

@@ -1,0 +1,80 @@
+"""Entry point: diffens_predict -i IN -o OUT -d DATASET -t TASK [-c CONFIG] [-f FOLD] [--steps N] ..."""
+import argparse
+import sys
+
+from diffens_auto.run.errors import run_command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Translate every case of a folder with a trained model: super-resolution from low-resolution "
+                    "scans, modality translation, or both. Outputs CASE<file_ending> with the input's geometry "
+                    "(SR: the input grid x the task's factor), plus prediction_summary.json/.csv.",
+        epilog="Example: diffens_predict -i lowres/ -o sr_out/ -d 900 -t sr (documentation/prediction.md).")
+    parser.add_argument("-i", dest="input_folder", required=True,
+                        help="input folder: CASE_XXXX<file_ending> files (the task's channels); a one-channel task "
+                             "also takes any image file per case")
+    parser.add_argument("-o", dest="output_folder", required=True, help="output folder")
+    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name (900, Dataset900_DemoBrain)")
+    parser.add_argument("-t", dest="task", required=True, help="task: sr, mt, both, ...")
+    parser.add_argument("-p", dest="plans", default=None, help="plans name (default: the only one trained)")
+    parser.add_argument("-c", dest="configuration", default=None,
+                        help="a trained ensembler (3d_ensembler, 3d_ensembler_small, a fusion name) or a strategy "
+                             "over trained experts (average, tpdm, 2d_axial, ...); default: the ensembler if "
+                             "trained, else average")
+    parser.add_argument("--experts", nargs="+", default=None,
+                        help="with -c average|tpdm: the expert configurations to combine (default: the plans' "
+                             "ensembler's experts)")
+    parser.add_argument("-f", dest="fold", default="0", help="fold (default 0), or 'all'")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                        help="checkpoint file name (default checkpoint_final.pth)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the plans', 50)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the plans' (ddim)")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the plans', 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
+    parser.add_argument("--num_samples", type=int, default=1,
+                        help="samples per case: writes their mean and CASE_std<file_ending> (default 1)")
+    parser.add_argument("--no_consistency", action="store_true",
+                        help="skip the consistency projection (per step and on the output)")
+    parser.add_argument("--input_grid", choices=("lr", "hr"), default="lr",
+                        help="SR: the input is the low-resolution scan (lr, default) or already on the "
+                             "high-resolution grid (hr)")
+    parser.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
+    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="default cpu")
+    parser.add_argument("--slice_batch_size", type=int, default=None,
+                        help="slices per expert forward pass (default: the plans')")
+    parser.add_argument("--previews", action="store_true", help="write CASE.png with three planes per case")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def predict_entry() -> None:
+    """diffens_predict: predict a folder of cases with a trained model; exit 1 if any case failed."""
+    args = _parser().parse_args()
+    failed = []
+
+    def work():
+        from diffens_auto.inference.predictor import DiffensPredictor
+        from diffens_auto.training.trainer import parse_fold
+        predictor = DiffensPredictor(args.steps, args.sampler, args.eta, args.seed, args.num_samples,
+                                     not args.no_consistency, args.input_grid, args.device, args.slice_batch_size,
+                                     progress=not args.quiet, previews=args.previews)
+        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, parse_fold(args.fold),
+                                                args.plans, args.checkpoint, args.experts)
+        summary = predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
+                                               args.num_parts, args.part_id)
+        print(f"{summary['done']} predicted, {summary['skipped']} skipped, {summary['failed']} failed "
+              f"-> {args.output_folder}")
+        for row in summary["cases"]:
+            if row["status"] == "failed":
+                print(f"FAILED {row['case']}: {row['message']}", file=sys.stderr)
+                failed.append(row["case"])
+    run_command(work)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    predict_entry()
