@@ -24,7 +24,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "diffusers>=0.25"],
+        "test": ["pytest>=7", "diffusers>=0.25", "scikit-image>=0.21"],
     },
     entry_points={
         "console_scripts": [
@@ -36,6 +36,11 @@ setup(
             "diffens_demo=diffens_auto.run.demo:demo_entry",
             "diffens_benchmark=diffens_auto.run.benchmark:benchmark_entry",
             "diffens_train=diffens_auto.run.train:train_entry",
+            "diffens_predict=diffens_auto.run.predict:predict_entry",
+            "diffens_evaluate=diffens_auto.run.evaluate:evaluate_entry",
+            "diffens_degrade=diffens_auto.run.degrade:degrade_entry",
+            "diffens_export_model_to_zip=diffens_auto.run.model_sharing:export_model_entry",
+            "diffens_install_pretrained_model_from_zip=diffens_auto.run.model_sharing:install_model_entry",
         ],
     },
 )

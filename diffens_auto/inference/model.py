@@ -20,6 +20,7 @@ from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetSpec, load_dataset_json
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.inference.dataset_lookup import find_dataset_json
 from diffens_auto.diffusion.strategies import Windowed, build_strategy
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.planning.plans_schema import validate_plans
@@ -90,12 +91,10 @@ def load_model_plans(model_folder: Path, dataset_name: str, plans_name: str) -> 
 
 
 def load_model_dataset_json(model_folder: Path, dataset_name: str) -> DatasetSpec:
-    """The dataset.json a configuration was trained with, else the preprocessed or raw dataset's."""
-    for folder in (model_folder, paths.preprocessed_folder() / dataset_name, paths.raw_folder() / dataset_name):
-        if (folder / "dataset.json").is_file():
-            return load_dataset_json(folder)
-    raise PredictionSetupError(f"No dataset.json for {dataset_name} in {model_folder} or the preprocessed/raw "
-                               "folders. Fix: re-install the model or re-run diffens_plan_and_preprocess.")
+    """The dataset.json a configuration was trained with (its copy), else the dataset's (`find_dataset_json`)."""
+    if (model_folder / "dataset.json").is_file():
+        return load_dataset_json(model_folder)
+    return find_dataset_json(dataset_name)
 
 
 def _first_ensembler(plans: dict) -> str | None:

@@ -6,6 +6,7 @@ from diffens_auto.dataset.dataset_json import DatasetError
 from diffens_auto.dataset.naming import DatasetNotFoundError
 from diffens_auto.imageio import ImageReadError
 from diffens_auto.inference.model import PredictionSetupError
+from diffens_auto.model_sharing.export import ModelSharingError
 from diffens_auto.paths import PathNotSetError
 from diffens_auto.planning import PlanningError, PlansError, UnknownPresetError
 from diffens_auto.planning.plans_file import PlansNotFoundError
@@ -17,7 +18,8 @@ from diffens_auto.workers import WorkerDiedError
 
 USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError, PlansError,
                PlanningError, UnknownPresetError, PreprocessingError, WorkerDiedError, FileNotFoundError,
-               TrainingSetupError, ExpertMismatchError, CheckpointError, PredictionSetupError)
+               TrainingSetupError, ExpertMismatchError, CheckpointError, PredictionSetupError,
+               ModelSharingError)
 
 
 def run_command(work: Callable[[], None]) -> None:

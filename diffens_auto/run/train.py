@@ -1,4 +1,6 @@
-"""Entry point: diffens_train DATASET TASK CONFIG [-f FOLD|all] [-p PLANS] [--c] [-device cpu|cuda|mps] ...
+"""Entry point: diffens_train DATASET TASK CONFIG [-f FOLD|all] [-p PLANS] [--c] [-device cpu|cuda|mps] [--val] ...
+
+Training ends with a validation (inference/validation.py) unless --no_val; --val only validates.
 
 Also runs as one rank of a torchrun job: torchrun ... -m diffens_auto.run.train DATASET TASK CONFIG ...
 """
@@ -35,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--experts", nargs="+", default=None, metavar="TASK:CONFIG",
                         help="fusion ensembler: the trained experts to fuse, e.g. sr:2d_axial mt:2d_axial")
     parser.add_argument("--name", default=None, help="configuration name a fusion ensembler is saved under")
+    parser.add_argument("--val", action="store_true",
+                        help="only validate: sample the fold's validation cases with the trained model and write "
+                             "validation/summary.json (training ends with the same validation)")
+    parser.add_argument("--no_val", action="store_true", help="skip the validation at the end of training")
+    parser.add_argument("--val_steps", type=int, default=None,
+                        help="sampling steps of the validation (default: the plans' steps, at most 10)")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                        help="with --val: the checkpoint to validate (default checkpoint_final.pth)")
     return parser
 
 
@@ -54,11 +64,24 @@ def train_entry() -> None:
         for value, flag in ((args.epochs, "--epochs"), (args.iterations_per_epoch, "--iterations_per_epoch")):
             if value is not None and value < 1:
                 raise TrainingSetupError(f"{flag} {value}: give a positive number.")
-        folder = train(args.dataset, args.task, args.configuration, args.fold, args.plans,
-                       args.continue_training, args.device, args.epochs, args.iterations_per_epoch,
-                       args.experts, args.name, args.seed, num_gpus=args.num_gpus)
-        if is_main_process():
-            print(f"Trained model in {folder}")
+        if args.val and args.no_val:
+            raise TrainingSetupError("--val (only validate) and --no_val (do not validate) exclude each other.")
+        if not args.val:
+            folder = train(args.dataset, args.task, args.configuration, args.fold, args.plans,
+                           args.continue_training, args.device, args.epochs, args.iterations_per_epoch,
+                           args.experts, args.name, args.seed, num_gpus=args.num_gpus)
+            if is_main_process():
+                print(f"Trained model in {folder}")
+        if is_main_process() and not args.no_val:
+            from diffens_auto.inference.validation import validate_model
+            from diffens_auto.training.trainer import parse_fold
+            summary = validate_model(args.dataset, args.task, args.name or args.configuration,
+                                     parse_fold(args.fold), args.plans, args.checkpoint, args.val_steps,
+                                     args.seed, args.device if args.num_gpus == 1 else "cpu")
+            mean = {k: (round(v, 4) if v is not None else None) for k, v in summary["mean"].items()}
+            failed = [r["case"] for r in summary["cases"] if r["status"] == "failed"]
+            print(f"Validation ({len(summary['cases'])} cases, {summary['steps']} steps): {mean}"
+                  + (f"; FAILED: {failed}" if failed else ""))
     run_command(work)
 
 

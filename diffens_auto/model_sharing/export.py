@@ -1,0 +1,246 @@
+"""Pack trained models into one zip for another machine (`diffens_export_model_to_zip`), as nnU-Net's export.
+
+The zip holds paths relative to diffens_results, so installing is extracting it there:
+
+    DatasetXXX_Name/diffens_model_manifest.json                      what is inside, with SHA-256 (see below)
+    DatasetXXX_Name/TASK/CONFIG__PLANS/{plans.json, dataset.json, dataset_fingerprint.json}
+    DatasetXXX_Name/TASK/CONFIG__PLANS/fold_F/{checkpoint_final.pth, progress.png, training_log_*.txt,
+                                               validation/summary.json}
+
+An ensembler is useless without the exact experts it was trained with: for every exported ensembler checkpoint
+the expert checkpoints its `experts` records name (paths relative to the dataset's results folder) go in too,
+with their model folders' json files, after their SHA-256 is checked against the records.
+
+Manifest: {"format_version", "diffens_auto_version", "created" (UTC, ISO 8601), "dataset_name",
+"models": [{"task", "configuration", "plans", "fold", "checkpoints"}], "experts": [{"ensembler", "name",
+"checkpoint", "sha256"}], "files": [{"path", "size", "sha256"}]}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from diffens_auto import paths
+from diffens_auto.atomic import atomic_path
+from diffens_auto.dataset.naming import resolve_dataset_name
+from diffens_auto.training.checkpoints import FINAL, file_sha256, load_checkpoint
+from diffens_auto.training.model_folder import DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE
+
+MANIFEST_FILE = "diffens_model_manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+REQUIRED_MODEL_FILES = (PLANS_FILE, DATASET_FILE)
+VALIDATION_SUMMARY = PurePosixPath("validation") / "summary.json"
+_BLOCK = 1 << 20
+
+
+class ModelSharingError(ValueError):
+    """A model cannot be exported or installed as asked; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ExportedFold:
+    """One fold folder of one model folder (TASK/CONFIG__PLANS/fold_F) chosen for export."""
+
+    task: str
+    configuration: str
+    plans_name: str
+    fold: str
+    folder: Path
+
+
+def safe_member_path(name: str, where: str) -> PurePosixPath:
+    """`name` as a relative POSIX path that stays inside its root; ModelSharingError for absolute paths or `..`."""
+    path = PurePosixPath(name)
+    if (not name or "\\" in name or name.startswith("/") or path.is_absolute() or ":" in path.parts[0]
+            or any(part in ("..", ".") for part in name.rstrip("/").split("/"))):
+        raise ModelSharingError(f"{where}: unsafe path {name!r} (absolute, or with '..'): it could write outside "
+                                "diffens_results. Fix: use a zip made by diffens_export_model_to_zip.")
+    return path
+
+
+def package_version() -> str:
+    """The installed diffens_auto version (the package's __version__, else its distribution metadata)."""
+    import diffens_auto
+    version = getattr(diffens_auto, "__version__", None)
+    if version:
+        return str(version)
+    from importlib import metadata
+    try:
+        return metadata.version("diffens_auto")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _fold_name(fold) -> str:
+    return f"fold_{fold}"
+
+
+def _model_folders(dataset_results: Path, tasks, configurations, plans_name) -> list[tuple[str, str, str, Path]]:
+    """(task, configuration, plans, folder) of every TASK/CONFIG__PLANS folder that matches the filters."""
+    found = []
+    for task_folder in sorted(p for p in dataset_results.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in task_folder.iterdir() if p.is_dir() and "__" in p.name):
+            configuration, _, plans = folder.name.partition("__")
+            if ((tasks is None or task_folder.name in tasks) and (plans_name is None or plans == plans_name)
+                    and (configurations is None or configuration in configurations)):
+                found.append((task_folder.name, configuration, plans, folder))
+    return found
+
+
+def select_folds(dataset_name: str, tasks=None, configurations=None, folds=(0,), plans_name=None,
+                 checkpoints=(FINAL,)) -> list[ExportedFold]:
+    """The fold folders to export: those holding every requested checkpoint (all of them where -c names them)."""
+    dataset_results = paths.results_folder() / dataset_name
+    if not dataset_results.is_dir():
+        raise ModelSharingError(f"No trained models of {dataset_name}: {dataset_results} does not exist. Fix: "
+                                "train one (diffens_train) or check the diffens_results variable.")
+    models = _model_folders(dataset_results, tasks, configurations, plans_name)
+    for wanted, index, flag in ((tasks, 0, "-t"), (configurations, 1, "-c")):
+        for name in (wanted or ()):
+            if not any(m[index] == name for m in models):
+                raise ModelSharingError(f"{flag} {name}: no such model folder in {dataset_results} (with the other "
+                                        f"filters given). Trained there: {_trained_list(dataset_results)}.")
+    selected, missing = [], []
+    for task, configuration, plans, folder in models:
+        for fold in folds:
+            fold_folder = folder / _fold_name(fold)
+            absent = [c for c in checkpoints if not (fold_folder / c).is_file()]
+            if not absent:
+                selected.append(ExportedFold(task, configuration, plans, str(fold), fold_folder))
+            elif configurations is not None:  # named explicitly: a missing checkpoint is a mistake, not a skip
+                missing += [str(fold_folder / c) for c in absent]
+    if missing:
+        raise ModelSharingError("Requested checkpoints are missing: " + ", ".join(missing) + ". Fix: train those "
+                                "folds (diffens_train), or choose others with -f / -chk.")
+    if not selected:
+        raise ModelSharingError(f"Nothing to export in {dataset_results}: no model folder has fold(s) "
+                                f"{list(folds)} with {list(checkpoints)}. Trained there: "
+                                f"{_trained_list(dataset_results)}. Fix: adjust -t / -c / -f / -p / -chk.")
+    return selected
+
+
+def _trained_list(dataset_results: Path) -> str:
+    names = sorted(str(p.parent.relative_to(dataset_results)) for p in dataset_results.glob(f"*/*/fold_*/{FINAL}"))
+    return ", ".join(names) or "nothing"
+
+
+def _model_json_files(model_folder: Path, required: bool) -> list[Path]:
+    if required:
+        for name in REQUIRED_MODEL_FILES:
+            if not (model_folder / name).is_file():
+                raise ModelSharingError(f"{model_folder / name} is missing, so the model is not self-contained. "
+                                        "Fix: run its diffens_train command once more with --c (it writes the model "
+                                        "folder's json files), or copy it from diffens_preprocessed/DATASET (the plans file "
+                                        "PLANS.json becomes plans.json).")
+    return [model_folder / n for n in (PLANS_FILE, DATASET_FILE, FINGERPRINT_FILE) if (model_folder / n).is_file()]
+
+
+def _fold_files(fold: ExportedFold, checkpoints: Sequence[str]) -> list[Path]:
+    files = [fold.folder / c for c in checkpoints]
+    files += [p for p in [fold.folder / "progress.png", fold.folder / VALIDATION_SUMMARY] if p.is_file()]
+    files += sorted(fold.folder.glob("training_log_*.txt"))
+    return files
+
+
+def verified_experts(checkpoint_path: Path, dataset_results: Path) -> list[dict]:
+    """The expert records of an ensembler checkpoint ([] for an expert), each checked: file present, same SHA-256."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    records = checkpoint.get("experts") or []
+    ensembler = checkpoint_path.relative_to(dataset_results).as_posix()
+    retrain = (f"diffens_train {dataset_results.name} {checkpoint.get('task')} {checkpoint.get('configuration')} "
+               f"-f {checkpoint.get('fold')} -p {checkpoint.get('plans_name')}")
+    checked = []
+    for record in records:
+        relative = safe_member_path(str(record["checkpoint"]), f"{checkpoint_path}: expert {record['name']}")
+        path = dataset_results / relative
+        if not path.is_file():
+            raise ModelSharingError(
+                f"Ensembler {ensembler} needs its expert {record['name']} ({relative}), which is missing. Fix: "
+                f"restore that exact expert checkpoint, or retrain the ensembler on the experts you have "
+                f"({retrain}).")
+        sha256 = file_sha256(path)
+        if sha256 != record["sha256"]:
+            raise ModelSharingError(
+                f"Ensembler {ensembler} was trained with expert {record['name']} ({relative}, SHA-256 "
+                f"{record['sha256'][:12]}...), but that file has changed (SHA-256 {sha256[:12]}... now). Fix: "
+                f"restore the expert checkpoint the ensembler was trained with, or retrain the ensembler "
+                f"({retrain}).")
+        checked.append({"ensembler": ensembler, "name": record["name"], "checkpoint": relative.as_posix(),
+                        "sha256": sha256})
+    return checked
+
+
+def collect_export(dataset_name: str, folds: list[ExportedFold], checkpoints: Sequence[str]):
+    """What an export holds: ({path relative to diffens_results: file}, {expert path: recorded SHA-256}, records)."""
+    results = paths.results_folder()
+    dataset_results = results / dataset_name
+    files: dict[str, Path] = {}
+
+    def add(path: Path) -> None:
+        files.setdefault(path.relative_to(results).as_posix(), path)
+
+    expected, experts = {}, []
+    for fold in folds:
+        for path in _model_json_files(fold.folder.parent, required=True) + _fold_files(fold, checkpoints):
+            add(path)
+        for checkpoint in checkpoints:
+            for record in verified_experts(fold.folder / checkpoint, dataset_results):
+                expert_path = dataset_results / record["checkpoint"]
+                for path in [expert_path] + _model_json_files(expert_path.parents[1], required=False):
+                    add(path)
+                expected[f"{dataset_name}/{record['checkpoint']}"] = record["sha256"]
+                experts.append(record)
+    return files, expected, experts
+
+
+def _write_member(archive: zipfile.ZipFile, source: Path, name: str) -> tuple[int, str]:
+    """Copy `source` into the archive as `name` (deflated), hashing the bytes written; returns (size, SHA-256)."""
+    info = zipfile.ZipInfo.from_file(source, name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    digest, size = hashlib.sha256(), 0
+    with open(source, "rb") as f, archive.open(info, "w") as member:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+            member.write(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def export_model_to_zip(dataset, output_file, tasks: Sequence[str] | None = None,
+                        configurations: Sequence[str] | None = None, folds=(0,), plans_name: str | None = None,
+                        checkpoints: Sequence[str] = (FINAL,)) -> Path:
+    """Write trained models of `dataset` (default: every trained task/configuration of fold 0) into a zip; returns it.
+
+    tasks / configurations / plans_name: filters (None = all); folds: fold numbers or "all"; checkpoints: file names
+    in the fold folders. Ensemblers bring their verified experts along. The zip appears atomically.
+    """
+    dataset_name = resolve_dataset_name(dataset)
+    checkpoints = tuple(checkpoints)
+    folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
+    selected = select_folds(dataset_name, list(tasks) if tasks else None,
+                            list(configurations) if configurations else None, folds, plans_name, checkpoints)
+    files, expected, experts = collect_export(dataset_name, selected, checkpoints)
+    output_file = Path(output_file)
+    listed = []
+    with atomic_path(output_file) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for name in sorted(files):
+                size, sha256 = _write_member(archive, files[name], name)
+                if expected.get(name, sha256) != sha256:
+                    raise ModelSharingError(f"{files[name]} changed while it was being exported (SHA-256 "
+                                            f"{sha256[:12]}... instead of the ensembler's record). Fix: export "
+                                            "again once nothing writes to the results folder.")
+                listed.append({"path": name, "size": size, "sha256": sha256})
+            manifest = {
+                "format_version": MANIFEST_FORMAT_VERSION, "diffens_auto_version": package_version(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "dataset_name": dataset_name,
+                "models": [{"task": f.task, "configuration": f.configuration, "plans": f.plans_name,
+                            "fold": f.fold, "checkpoints": list(checkpoints)} for f in selected],
+                "experts": experts, "files": listed}
+            archive.writestr(f"{dataset_name}/{MANIFEST_FILE}", json.dumps(manifest, indent=2) + "\n")
+    return output_file
