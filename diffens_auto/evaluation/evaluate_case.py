@@ -38,16 +38,26 @@ def result_row(case: str, region: str, status: str, message: str = "", num_voxel
             "data_range": data_range, "num_voxels": num_voxels, "status": status, "message": message}
 
 
-def _read_on_grid(path, reference_props: dict, reference_path, role: str) -> np.ndarray:
-    """Read an image that must lie on the reference's voxel grid."""
+def _read_on_grid(path, reference_props: dict, reference_path, role: str) -> tuple[np.ndarray, str]:
+    """Read an image that must lie on the reference's voxel grid; returns (array, note).
+
+    A grid that only extends past the reference's far corner (same origin, spacing and direction, larger shape:
+    a super-resolution output whose last block was partial) is cropped to the reference's shape, with a note.
+    """
     array, props = read_image(path)
     problems = check_same_geometry(reference_props, props)
+    shape, reference_shape = list(props["shape"]), list(reference_props["shape"])
+    extends = all(n >= r for n, r in zip(shape, reference_shape)) and \
+        not check_same_geometry(reference_props, {**props, "shape": reference_shape})
+    if problems and extends:
+        array = array[tuple(slice(0, r) for r in reference_shape)]
+        return array, f"{role} cropped from {shape} to the reference's {reference_shape} (same grid, larger shape)"
     if problems:
         raise CaseFailed(f"{role} {path} is not on the voxel grid of reference {reference_path}: "
                          f"{'; '.join(problems)}. Fix: write the {role} on the reference's grid (same shape, spacing, "
                          "origin and direction), e.g. SimpleITK.Resample(image, reference_image), or check that both "
                          "files belong to this case.")
-    return array
+    return array, ""
 
 
 def regions(reference: np.ndarray, mask: np.ndarray | None) -> list[tuple[str, np.ndarray | None]]:
@@ -99,14 +109,14 @@ def _evaluate(files: CaseFiles, settings: EvaluationSettings):
     if files.problem is not None:
         raise CaseFailed(files.problem)
     reference, props = read_image(files.reference)
-    prediction = _read_on_grid(files.prediction, props, files.reference, "prediction")
+    prediction, crop_note = _read_on_grid(files.prediction, props, files.reference, "prediction")
     # A diverged sampler writes NaN, which ITK's NIfTI reader turns into 0 and the metrics would not show.
     nonfinite = count_nonfinite_voxels(files.prediction, prediction)
     if nonfinite:
         raise CaseFailed(f"prediction {files.prediction} has {nonfinite} NaN/inf voxel(s). Fix: predict this case "
                          "again (in float32 if it ran in float16).")
-    std = None if files.std is None else _read_on_grid(files.std, props, files.reference, "uncertainty map")
-    mask = None if files.mask is None else _read_on_grid(files.mask, props, files.reference, "mask")
+    std = None if files.std is None else _read_on_grid(files.std, props, files.reference, "uncertainty map")[0]
+    mask = None if files.mask is None else _read_on_grid(files.mask, props, files.reference, "mask")[0]
     try:
         moments, ssim_note = local_moments(reference, prediction), ""
     except ValueError as too_small:
@@ -114,7 +124,7 @@ def _evaluate(files: CaseFiles, settings: EvaluationSettings):
     rows = []
     for name, region in regions(reference, mask):
         row = region_row(files.case, name, region, reference, prediction, std, moments, settings.data_range)
-        row["message"] = "; ".join(note for note in (row["message"], ssim_note) if note)
+        row["message"] = "; ".join(note for note in (row["message"], crop_note, ssim_note) if note)
         rows.append(row)
     patches = _patches(files.case, reference, prediction, mask, settings) if settings.mmd else None
     return rows, patches

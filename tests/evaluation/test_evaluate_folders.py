@@ -147,3 +147,24 @@ def test_bad_arguments_are_errors(folders):
         evaluate_folders(ref, pred, data_range=-1.0)
     with pytest.raises(FileNotFoundError, match="prediction folder"):
         evaluate_folders(ref, pred / "missing")
+
+
+def test_a_prediction_extending_past_the_far_corner_is_cropped_but_a_shifted_one_fails(tmp_path):
+    """SR of a partial last block: same origin, spacing, direction, larger shape -> the reference's voxels count.
+
+    The files are RAS (canonical order = file order), so the extra voxels lie past the canonical far corner.
+    """
+    ras = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir(), pred.mkdir()
+    reference = blob((15, 14, 13), 0)
+    larger = np.pad(reference, ((0, 1), (0, 2), (0, 3)), constant_values=500.0)
+    for case in ("grown", "shifted"):
+        write_sitk(reference, ref / f"{case}.nii.gz", spacing=(1.0, 1.0, 2.0), origin=(3.0, 4.0, 5.0), direction=ras)
+    write_sitk(larger, pred / "grown.nii.gz", spacing=(1.0, 1.0, 2.0), origin=(3.0, 4.0, 5.0), direction=ras)
+    write_sitk(larger, pred / "shifted.nii.gz", spacing=(1.0, 1.0, 2.0), origin=(2.0, 4.0, 5.0), direction=ras)
+    results = evaluate_folders(ref, pred, num_processes=1, verbose=False, mmd=False)
+    rows = rows_by(results)
+    assert rows[("grown", "all")]["status"] == "ok" and rows[("grown", "all")]["psnr"] is None   # identical: inf
+    assert "cropped from [16, 16, 16] to the reference's [15, 14, 13]" in rows[("grown", "all")]["message"]
+    assert rows[("shifted", "all")]["status"] == "failed" and "origin" in rows[("shifted", "all")]["message"]

@@ -1,0 +1,192 @@
+"""diffens_demo: the whole pipeline on synthetic brain phantoms, ending in a table like the paper's Table 1.
+
+Steps (each one the API of a command, so the demo is what a user would type):
+  1. dataset      make_demo_dataset (training cases) + held-out test cases rendered the same way
+  2. plan         diffens_plan_and_preprocess -pl tiny --verify_dataset_integrity
+  3. train        diffens_train ... 2d_axial / 2d_sagittal / 3d_ensembler -f all (briefly)
+  4. inputs       diffens_degrade: the test cases' FLAIR pooled 4x, with geometry
+  5. predict      trilinear interpolation (the floor), then diffens_predict -c 2d_axial | tpdm | average |
+                  3d_ensembler with the same seed and steps, previews on
+  6. evaluate     diffens_evaluate against the held-out high-resolution FLAIR
+  7. report       the table (printed, demo_table.md, demo_summary.json) and comparison PNGs per test case
+
+Every step resumes: a re-run with the same work folder skips finished training and predictions.
+`smoke` runs the same code on smaller volumes with a few iterations (CI); the full demo's sizes are chosen so
+that it finishes within 15 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from diffens_auto import paths
+from diffens_auto.atomic import atomic_write_json, atomic_write_text
+
+DEMO_DATASET_ID = 900
+TASK = "sr"
+# (row name, diffens_predict -c) in the order of the paper's Table 1; None: trilinear interpolation
+METHODS = (("Trilinear", None), ("2D axial (Palette)", "2d_axial"), ("TPDM", "tpdm"),
+           ("Average (TOSM-like)", "average"), ("Diff-Ensembler", "3d_ensembler"))
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run."""
+
+    num_train_cases: int
+    num_test_cases: int
+    shape: tuple
+    spacing: tuple
+    expert_epochs: int
+    expert_iterations: int        # per epoch
+    ensembler_epochs: int         # split pretrain : fine-tune as the plans say (tiny: 1 : 1)
+    ensembler_iterations: int     # per epoch
+    steps: int
+
+
+FULL = DemoSettings(8, 2, (48, 48, 48), (1.5, 1.5, 1.5), expert_epochs=10, expert_iterations=200,
+                    ensembler_epochs=10, ensembler_iterations=25, steps=20)
+SMOKE = DemoSettings(3, 1, (32, 32, 32), (2.0, 2.0, 2.0), expert_epochs=1, expert_iterations=4,
+                     ensembler_epochs=2, ensembler_iterations=2, steps=3)
+
+
+class _Clock:
+    """Seconds per demo step, printed as they finish."""
+
+    def __init__(self, verbose: bool):
+        self.started, self.last, self.steps, self.verbose = time.time(), time.time(), {}, verbose
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.steps[name] = round(now - self.last, 1)
+        self.last = now
+        if self.verbose:
+            print(f"[diffens_demo] {name}: {self.steps[name]:.1f} s (total {now - self.started:.0f} s)", flush=True)
+
+
+def make_test_cases(folder: Path, settings: DemoSettings, seed: int = 0) -> Path:
+    """Render the held-out test cases into folder/imagesTr and labelsTr.
+
+    Indices start two after the training cases so that the full demo's first test case is an oblique one.
+    """
+    from diffens_auto.dataset.demo import DEFAULT_NOISE, sample_demo_case, write_case
+    first = settings.num_train_cases + 2
+    for index in range(first, first + settings.num_test_cases):
+        case = sample_demo_case(index, seed, tuple(settings.shape), tuple(settings.spacing), DEFAULT_NOISE)
+        if not (folder / "imagesTr" / f"{case.case_id}_0003.nii.gz").is_file():
+            write_case(case, folder)
+    return folder
+
+
+def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
+    from diffens_auto.dataset.demo import dataset_folder_name, make_demo_dataset
+    folder = raw / dataset_folder_name(DEMO_DATASET_ID)
+    existing = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
+    if existing.get("numTraining") != settings.num_train_cases:
+        make_demo_dataset(raw, DEMO_DATASET_ID, settings.num_train_cases, tuple(settings.shape),
+                          tuple(settings.spacing), seed)
+    make_test_cases(work / "test_cases", settings, seed)
+    return folder
+
+
+def _train(settings: DemoSettings, plans: dict, device, verbose: bool) -> list[str]:
+    from diffens_auto.training.trainer import train
+    ensembler = "3d_ensembler"
+    experts = list(plans["configurations"][ensembler]["experts"])
+    for configuration in experts:
+        train(DEMO_DATASET_ID, TASK, configuration, "all", continue_training=True, device=device,
+              num_epochs=settings.expert_epochs, iterations_per_epoch=settings.expert_iterations, echo=verbose)
+    train(DEMO_DATASET_ID, TASK, ensembler, "all", continue_training=True, device=device,
+          num_epochs=settings.ensembler_epochs, iterations_per_epoch=settings.ensembler_iterations, echo=verbose)
+    return experts + [ensembler]
+
+
+def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, device, seed: int) -> dict:
+    """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
+    from diffens_auto.inference.interpolation import trilinear_folder
+    from diffens_auto.inference.predictor import DiffensPredictor
+    seconds = {}
+    for method, configuration in METHODS:
+        output = work / "predictions" / (configuration or "trilinear")
+        if configuration is None:
+            started = time.time()
+            files = {p.name[: -len("_0003.nii.gz")]: p for p in sorted(inputs.glob("*_0003.nii.gz"))}
+            trilinear_folder(files, output, plans["tasks"][TASK]["degradation"])
+            seconds[method] = (time.time() - started) / max(len(files), 1)
+            continue
+        predictor = DiffensPredictor(steps=settings.steps, seed=seed, device=device, progress=False, previews=True)
+        predictor.initialize_from_trained_model(DEMO_DATASET_ID, TASK, configuration, fold="all")
+        summary = predictor.predict_from_files(inputs, output, continue_prediction=True)
+        done = [row for row in summary["cases"] if row["status"] == "done"]
+        failed = [row for row in summary["cases"] if row["status"] == "failed"]
+        if failed:
+            raise RuntimeError(f"diffens_demo: {method} failed on {[r['case'] for r in failed]}: "
+                               f"{failed[0]['message']}")
+        seconds[method] = sum(r["seconds"] for r in done) / len(done) if done else None
+    return seconds
+
+
+def _evaluate(work: Path, settings: DemoSettings) -> dict:
+    from diffens_auto.evaluation import evaluate_folders
+    results = {}
+    for method, configuration in METHODS:
+        name = configuration or "trilinear"
+        results[method] = evaluate_folders(work / "test_cases" / "imagesTr", work / "predictions" / name,
+                                           output_file=work / "evaluation" / f"{name}.json", ref_channel=3,
+                                           num_processes=1, mmd=True, verbose=False)
+    return results
+
+
+def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 2, device="cpu", seed: int = 0,
+             verbose: bool = True) -> dict:
+    """Run the demo in `work_folder` (diffens_raw/preprocessed/results inside it); returns its summary."""
+    from diffens_auto.demo.report import comparison_previews, results_table
+    from diffens_auto.inference.degrade_inputs import degrade_folder
+    from diffens_auto.planning.plans_file import load_plans
+    from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+
+    settings = SMOKE if smoke else FULL
+    work = Path(work_folder).resolve()
+    folders = paths.use_folders(work)
+    clock = _Clock(verbose)
+    _dataset(work, folders[paths.RAW_VARIABLE], settings, seed)
+    clock.done(f"dataset ({settings.num_train_cases} training + {settings.num_test_cases} test phantoms, "
+               f"{list(settings.shape)} voxels)")
+    plan_and_preprocess(DEMO_DATASET_ID, preset="tiny", num_processes=num_processes, verify_integrity=True)
+    plans = load_plans(paths.preprocessed_folder() / f"Dataset{DEMO_DATASET_ID}_DemoBrain", "diffensPlans_tiny")
+    clock.done("plan and preprocess (tiny preset)")
+    trained = _train(settings, plans, device, verbose and not smoke)
+    clock.done(f"training {', '.join(trained)}")
+    inputs = work / "test_inputs"
+    degrade_folder(work / "test_cases" / "imagesTr", inputs, DEMO_DATASET_ID, TASK, verbose=False)
+    clock.done("degraded test inputs (FLAIR pooled 4x4x4)")
+    seconds = _predict(work, inputs, settings, plans, device, seed)
+    clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 1} strategies + trilinear)")
+    evaluations = _evaluate(work, settings)
+    table = results_table(evaluations, seconds)
+    previews = comparison_previews(work, METHODS)
+    clock.done("evaluation")
+    summary = {"settings": {**asdict(settings), "smoke": smoke, "device": str(device), "seed": seed},
+               "table": table, "seconds_per_step": clock.steps, "total_seconds": round(time.time() - clock.started, 1),
+               "work_folder": str(work), "previews": [str(p) for p in previews]}
+    atomic_write_json(summary, work / "demo_summary.json")
+    atomic_write_text(format_table(table, settings, smoke), work / "demo_table.md")
+    return summary
+
+
+def format_table(table: list[dict], settings: DemoSettings, smoke: bool) -> str:
+    """The results as a markdown table (PSNR/SSIM as the paper's Table 1, plus MAE, MMD² and time)."""
+    lines = [f"4x super-resolution of FLAIR, {settings.num_test_cases} held-out phantom(s), "
+             f"{settings.steps} DDIM steps{' (smoke run: meaningless numbers)' if smoke else ''}", "",
+             "| method | PSNR (dB) | SSIM | MAE | MMD² | s / volume |", "|---|---|---|---|---|---|"]
+    for row in table:
+        cells = [row["method"]] + [_cell(row[k], d) for k, d in (("psnr", 2), ("ssim", 4), ("mae", 2),
+                                                                 ("mmd2", 4), ("seconds_per_volume", 1))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
