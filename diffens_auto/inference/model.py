@@ -134,10 +134,18 @@ def _missing_models_error(dataset_name, task, configurations, plans_name, fold, 
 
 def load_trained_model(dataset, task: str, configuration: str | None = None, fold=0, plans_name: str | None = None,
                        checkpoint: str = FINAL, device="cpu", experts: list[str] | None = None,
-                       slice_batch_size: int | None = None) -> TrainedModel:
-    """Load a trained ensembler or build a strategy over trained experts, from diffens_results."""
-    dataset_name = resolve_dataset_name(dataset)
-    dataset_results = paths.results_folder() / dataset_name
+                       slice_batch_size: int | None = None, dataset_results: Path | None = None) -> TrainedModel:
+    """Load a trained ensembler or build a strategy over trained experts, from diffens_results.
+
+    `dataset_results` (a DatasetXXX_Name folder laid out as in diffens_results, anywhere) replaces
+    diffens_results/DATASET.
+    """
+    if dataset_results is None:
+        dataset_name = resolve_dataset_name(dataset)
+        dataset_results = paths.results_folder() / dataset_name
+    else:
+        dataset_results = Path(dataset_results)
+        dataset_name = dataset_results.name
     plans_name = _plans_name(dataset_results, dataset_name, task, plans_name)
     plans = _any_model_plans(dataset_results, dataset_name, task, plans_name)
     if task not in plans["tasks"]:
@@ -236,3 +244,16 @@ def _load_expert_strategy(dataset_name, dataset_results, plans, plans_name, task
     return TrainedModel(dataset_name, plans_name, plans, _dataset_spec(dataset_results, task, names[0], plans_name,
                                                                        dataset_name),
                         task, configuration, fold, strategy, runners, None, records)
+
+
+def parse_model_folder(model_folder: str | Path) -> dict:
+    """{dataset_results, task, configuration, plans_name} of a DatasetXXX/TASK/CONFIG__PLANS folder."""
+    folder = Path(model_folder).resolve()
+    if folder.name.startswith("fold_"):
+        folder = folder.parent
+    configuration, sep, plans_name = folder.name.partition("__")
+    if not sep or not folder.parent.parent.name.startswith("Dataset"):
+        raise PredictionSetupError(f"{model_folder}: not a model folder. Fix: give .../DatasetXXX_Name/TASK/"
+                                   "CONFIG__PLANS (e.g. Dataset900_DemoBrain/sr/3d_ensembler__diffensPlans).")
+    return {"dataset_results": folder.parent.parent, "task": folder.parent.name, "configuration": configuration,
+            "plans_name": plans_name}

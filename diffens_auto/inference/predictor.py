@@ -29,7 +29,7 @@ from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
 from diffens_auto.inference.case_preparation import INPUT_GRIDS, PreparedCase, finish_case, prepare_case, unpad
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
-from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model
+from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model, parse_model_folder
 from diffens_auto.inference.previews import write_preview
 from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.operators import operator_for
@@ -82,6 +82,14 @@ class DiffensPredictor:
         """Load a trained model from diffens_results (see inference/model.py for what -c may name)."""
         model = load_trained_model(dataset, task, configuration, fold, plans_name, checkpoint, self.device,
                                    experts, self.slice_batch_size)
+        return self.use_model(model)
+
+    def initialize_from_trained_model_folder(self, model_folder, fold=0, checkpoint: str = FINAL,
+                                             experts: list[str] | None = None) -> "DiffensPredictor":
+        """Load the model of a DatasetXXX/TASK/CONFIG__PLANS folder anywhere on disk (e.g. an unpacked zip)."""
+        parts = parse_model_folder(model_folder)
+        model = load_trained_model(None, parts["task"], parts["configuration"], fold, parts["plans_name"], checkpoint,
+                                   self.device, experts, self.slice_batch_size, parts["dataset_results"])
         return self.use_model(model)
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":

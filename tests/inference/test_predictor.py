@@ -204,3 +204,23 @@ def test_degraded_training_scan_comes_back_on_the_reference_grid(trained_demo_fo
     pooled = avgpool_downsample(crop[: full[0], : full[1], : full[2]].astype(np.float64), SR["factor"])
     expected = avgpool_downsample(reference[: full[0], : full[1], : full[2]].astype(np.float64), SR["factor"])
     assert np.abs(pooled - expected).max() <= 1e-4 * np.ptp(reference)
+
+
+def test_a_model_folder_anywhere_predicts_like_the_installed_model(trained_demo, lowres_input, tmp_path,
+                                                                     monkeypatch):
+    """initialize_from_trained_model_folder: a copied DatasetXXX tree, no data folder variables set."""
+    from diffens_auto.inference import DiffensPredictor as Exported
+    lowres, props = read_image(lowres_input)
+    for variable, folder in trained_demo.folders.items():
+        monkeypatch.setenv(variable, str(folder))
+    expected = _predictor(seed=2).initialize_from_trained_model(900, "sr", "3d_ensembler").predict_volume(
+        {3: lowres}, {3: props})[0]
+    copy = tmp_path / "elsewhere" / "Dataset900_DemoBrain"
+    shutil.copytree(trained_demo.results / "Dataset900_DemoBrain", copy)
+    for variable in trained_demo.folders:
+        monkeypatch.delenv(variable)
+    predictor = Exported(steps=3, seed=2, progress=False)
+    predictor.initialize_from_trained_model_folder(copy / "sr" / "3d_ensembler__diffensPlans_tiny", fold=0)
+    assert np.array_equal(predictor.predict_volume({3: lowres}, {3: props})[0], expected)
+    with pytest.raises(PredictionSetupError, match="not a model folder"):
+        predictor.initialize_from_trained_model_folder(tmp_path)
