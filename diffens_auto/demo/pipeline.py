@@ -103,11 +103,19 @@ def _train(settings: DemoSettings, plans: dict, device, verbose: bool) -> list[s
     return experts + [ensembler]
 
 
+def _previous_seconds(work: Path) -> dict:
+    """Seconds per volume of an earlier run of this demo (a resumed run skips predictions it already has)."""
+    path = work / "demo_summary.json"
+    if not path.is_file():
+        return {}
+    return {row["method"]: row["seconds_per_volume"] for row in json.loads(path.read_text())["table"]}
+
+
 def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, device, seed: int) -> dict:
     """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
     from diffens_auto.inference.interpolation import trilinear_folder
     from diffens_auto.inference.predictor import DiffensPredictor
-    seconds = {}
+    seconds, previous = {}, _previous_seconds(work)
     for method, configuration in METHODS:
         output = work / "predictions" / (configuration or "trilinear")
         if configuration is None:
@@ -124,7 +132,7 @@ def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, devi
         if failed:
             raise RuntimeError(f"diffens_demo: {method} failed on {[r['case'] for r in failed]}: "
                                f"{failed[0]['message']}")
-        seconds[method] = sum(r["seconds"] for r in done) / len(done) if done else None
+        seconds[method] = sum(r["seconds"] for r in done) / len(done) if done else previous.get(method)
     return seconds
 
 
