@@ -72,6 +72,7 @@ def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], fi
     degradation = task_plans.get("degradation")
     if not degradation:
         first = int(task_plans["inputs"][0])
+        _check_on_grid(props, files, task_plans["inputs"][1:], props[first], "the first input's grid", "")
         keep = np.any(np.stack([arrays[int(c)] != 0 for c in task_plans["inputs"]]), axis=0)
         return copy.deepcopy(props[first]), None, keep
     target = int(task_plans["target"])
@@ -90,16 +91,21 @@ def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], fi
         output_props = copy.deepcopy(props[target])
     hr_shape = [int(n) for n in output_props["shape"]]
     keep = operator.pinv(torch.from_numpy((lowres != 0).astype(np.float32)), hr_shape).numpy() > 0
-    for channel in task_plans["inputs"]:
-        problems = check_same_geometry(props[int(channel)], output_props)
+    grid = (f"the low-resolution input x {list(operator.factor)}" if input_grid == "lr" else "the input grid")
+    _check_on_grid(props, files, task_plans["inputs"], output_props, f"{grid} (shape {hr_shape})",
+                   " or give the target input on the other grid (--input_grid lr|hr)")
+    return output_props, lowres, keep
+
+
+def _check_on_grid(props: Mapping[int, dict], files: Mapping, channels, grid_props: dict, grid: str,
+                   other_fix: str) -> None:
+    """CaseInputError naming the file of the first channel whose image is not on the output grid."""
+    for channel in channels:
+        problems = check_same_geometry(props[int(channel)], grid_props)
         if problems:
             raise CaseInputError(
-                f"{files.get(int(channel), f'channel {channel}')}: input {channel} is not on the output grid "
-                f"({'; '.join(problems)}). With --input_grid {input_grid} the output grid is "
-                f"{'the low-resolution input x ' + str(list(operator.factor)) if input_grid == 'lr' else 'the input grid'}"
-                f" (shape {hr_shape}). Fix: resample it onto that grid, or give the target input on the other grid "
-                "(--input_grid lr|hr).")
-    return output_props, lowres, keep
+                f"{files.get(int(channel), f'channel {channel}')}: input {channel} is not on the output grid, "
+                f"{grid} ({'; '.join(problems)}). Fix: resample it onto that grid{other_fix}.")
 
 
 def _pad(volume: torch.Tensor, multiples, values) -> tuple[torch.Tensor, list]:

@@ -224,3 +224,19 @@ def test_a_model_folder_anywhere_predicts_like_the_installed_model(trained_demo,
     assert np.array_equal(predictor.predict_volume({3: lowres}, {3: props})[0], expected)
     with pytest.raises(PredictionSetupError, match="not a model folder"):
         predictor.initialize_from_trained_model_folder(tmp_path)
+
+
+def test_a_high_resolution_input_off_the_output_grid_names_its_file(trained_demo_folders, tmp_path):
+    from diffens_auto.inference.case_preparation import CaseInputError
+    raw = trained_demo_folders.raw / "Dataset900_DemoBrain" / "imagesTr"
+    flair, flair_props = read_image(raw / "DemoBrain_001_0003.nii.gz")
+    lowres, lowres_props = degrade_image(flair, flair_props, SR)
+    t1ce, t1ce_props = read_image(raw / "DemoBrain_001_0001.nii.gz")
+    shifted = {**t1ce_props, "origin": [v + 1.0 for v in t1ce_props["origin"]]}
+    predictor = _predictor().initialize_from_trained_model(900, "both", "2d_axial")
+    with pytest.raises(CaseInputError, match=r"t1ce_0001.nii.gz: input 1 is not on the output grid.*origin"):
+        predictor.predict_volume({3: lowres, 1: t1ce}, {3: lowres_props, 1: shifted},
+                                 files={1: "t1ce_0001.nii.gz", 3: "flair_0003.nii.gz"})
+    # on the grid (the T1ce's 31 voxels pool to the input's 8 blocks): the output takes the T1ce's exact grid
+    mean, _, props, _ = predictor.predict_volume({3: lowres, 1: t1ce}, {3: lowres_props, 1: t1ce_props})
+    assert mean.shape == t1ce.shape and np.allclose(props["origin"], t1ce_props["origin"], atol=1e-4)
