@@ -152,6 +152,9 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
         raise PredictionSetupError(f"-t {task}: no such task in plans {plans_name} (tasks: {sorted(plans['tasks'])}).")
     if configuration is None:
         configuration = default_configuration(dataset_results, task, plans, plans_name, fold, checkpoint)
+    if experts and configuration not in EXPERT_STRATEGIES:
+        raise PredictionSetupError(f"--experts {' '.join(experts)}: only -c average or -c tpdm combine chosen experts "
+                                   f"(-c {configuration} uses its own). Fix: add -c average, or leave --experts out.")
     batch = int(slice_batch_size or plans.get("inference", {}).get("slice_batch_size", 16))
     config = plans["configurations"].get(configuration)
     is_ensembler = (config is not None and config["kind"] == "ensembler") or (

@@ -180,8 +180,11 @@ def test_untrained_configuration_names_the_training_commands(trained_demo_folder
         load_trained_model(900, "sr", "3d_ensembler_small")
     with pytest.raises(PredictionSetupError, match="neither a trained configuration"):
         load_trained_model(900, "sr", "4d_magic")
-    # default: the trained ensembler
+    with pytest.raises(PredictionSetupError, match="only -c average or -c tpdm combine chosen experts"):
+        load_trained_model(900, "sr", "3d_ensembler", experts=["2d_axial"])
+    # default: the trained ensembler; --experts picks what average combines
     assert load_trained_model(900, "sr").configuration == "3d_ensembler"
+    assert list(load_trained_model(900, "sr", "average", experts=["2d_sagittal"]).runners) == ["2d_sagittal"]
 
 
 def test_degraded_training_scan_comes_back_on_the_reference_grid(trained_demo_folders, tmp_path):
