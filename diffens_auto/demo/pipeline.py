@@ -52,6 +52,24 @@ SMOKE = DemoSettings(3, 1, (32, 32, 32), (2.0, 2.0, 2.0), expert_epochs=1, exper
                      ensembler_epochs=2, ensembler_iterations=2, steps=3)
 
 
+class DemoSetupError(ValueError):
+    """The work folder holds a demo run with other settings (e.g. a smoke run)."""
+
+
+def check_work_folder(work: Path, settings: DemoSettings, seed: int) -> None:
+    """Record the run's settings in the work folder; refuse a folder whose earlier run used other settings."""
+    record = {**asdict(settings), "seed": seed}
+    path = work / "demo_settings.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        if earlier != json.loads(json.dumps(record)):
+            kind = "a smoke" if earlier.get("steps") == SMOKE.steps else "a full"
+            raise DemoSetupError(f"{work} holds {kind} diffens_demo run with other settings. Fix: use another -o, or "
+                                 "delete the folder.")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, path)
+
+
 class _Clock:
     """Seconds per demo step, printed as they finish."""
 
@@ -157,6 +175,7 @@ def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 
 
     settings = SMOKE if smoke else FULL
     work = Path(work_folder).resolve()
+    check_work_folder(work, settings, seed)
     folders = paths.use_folders(work)
     clock = _Clock(verbose)
     _dataset(work, folders[paths.RAW_VARIABLE], settings, seed)

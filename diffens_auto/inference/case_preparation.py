@@ -8,7 +8,8 @@ degradation (MT) the output grid is the inputs' grid. Other inputs of the task (
 the output grid.
 
 Forward: the degraded target channel is up(lr), trilinear with block-centre alignment (the training condition's
-up(A(target))), zeroed outside the blocks whose input is non-zero; with the task's other inputs it is cropped,
+up(A(target))); it and the task's other inputs are zeroed outside the blocks whose input is non-zero (so the crop
+starts on a block boundary), then cropped,
 resampled and normalised exactly as training data (`preprocess_arrays`). The target's intensity scale comes from
 the low-resolution input itself (its "degraded" parameter set, as training computed it from A(target)); an MT
 target's from the dataset statistics. Per-step consistency works on the preprocessed grid with the measurement
@@ -146,17 +147,21 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
     task_plans = plans["tasks"][task]
     target, inputs = int(task_plans["target"]), [int(c) for c in task_plans["inputs"]]
     degradation = task_plans.get("degradation")
+    for channel in task_plans["condition_channels"]:
+        if not np.any(arrays[int(channel)]):
+            raise CaseInputError(f"{files.get(int(channel), f'{case_id} channel {channel}')}: every voxel is 0. Fix: "
+                                 "check the file (an empty or fully masked scan cannot be translated).")
     output_props, lowres, keep = _output_grid(arrays, props, files, task_plans, input_grid)
     hr_shape = [int(n) for n in output_props["shape"]]
     rows, channels = [np.asarray(arrays[c], dtype=np.float32) for c in inputs], list(inputs)
     if degradation:
         operator = operator_for(degradation)
         up = upsample_to_grid(torch.from_numpy(lowres.astype(np.float32))[None, None], operator.factor, hr_shape)
-        rows.append(up[0, 0].numpy() * keep)
+        rows.append(up[0, 0].numpy())
         channels.append(target)
-    if not np.any(np.stack(rows) != 0):
-        raise CaseInputError(f"{', '.join(str(f) for f in files.values()) or case_id}: every voxel is 0. Fix: check "
-                             "the file (an empty or fully masked scan cannot be translated).")
+        # Only the input's non-zero blocks are predicted (the rest is exactly 0): cropping to them also starts the
+        # crop on a block boundary, so A on the preprocessed grid pools the same blocks as A on the output grid.
+        rows = [row * keep for row in rows]
     data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props, plans, case_id, channels)
     percentiles = plans.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
     entries = properties["normalization"]

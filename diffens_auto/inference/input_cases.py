@@ -1,8 +1,10 @@
 """The cases of a prediction (or degradation) input folder: which files make each case, and what is wrong with one.
 
 Naming as nnU-Net: `CASE_XXXX<file_ending>`, XXXX the channel number of dataset.json; only the channels a task
-needs must be there, files of other channels are ignored. For a task that needs one channel, any image file
-`NAME<file_ending>` is a case of its own (`NAME`), unless the folder uses nnU-Net naming for that channel.
+needs must be there, files of other channels are ignored (a case with none of the needed ones is reported as
+missing them). For a task that needs one channel, any image file `NAME<file_ending>` is a case of its own
+(`NAME`), unless one file of the folder carries a dataset channel's number: then the folder is nnU-Net-named
+and a file that does not fit is reported under its file name.
 
 A problem with one case (a missing channel, a file name that fits no case) is recorded on that case, never raised:
 a batch reports it and goes on with the others.
@@ -52,30 +54,34 @@ def find_input_cases(folder: str | Path, spec: DatasetSpec, channels: Sequence[i
         raise DatasetError(f"{folder}: no image files ending in {ending} (the file_ending of {spec.json_file}). "
                            f"Fix: put the inputs there, named CASE_XXXX{ending}.")
     pattern = re.compile(rf"^(.+)_(\d{{{CHANNEL_SUFFIX_DIGITS}}}){re.escape(ending)}$")
+    known = set(spec.channel_names)
     parsed = [(f, pattern.match(f.name)) for f in files]
     channels = [int(c) for c in channels]
-    single = len(channels) == 1
-    nnunet_named = any(m is not None and int(m.group(2)) in channels for _, m in parsed)
-    if single and not nnunet_named:
+    # a folder is nnU-Net-named as soon as one file carries the number of one of the dataset's channels
+    nnunet_named = any(m is not None and int(m.group(2)) in known for _, m in parsed)
+    if len(channels) == 1 and not nnunet_named:
         return [InputCase(f.name[: -len(ending)], {channels[0]: f}) for f in files]
 
     cases: dict[str, InputCase] = {}
+    strays: list[InputCase] = []
     for f, match in parsed:
-        if match is None:
-            stem = f.name[: -len(ending)]
-            cases.setdefault(stem, InputCase(stem)).problem = (
-                f"{f.name} does not follow CASE_XXXX{ending} (a 4-digit channel number). Fix: rename it, e.g. "
-                f"{stem}_{channels[0]:04d}{ending}.")
+        if match is None or int(match.group(2)) not in known:
+            # named by the file, so that a stray 'a.nii.gz' never marks the real case 'a' (a_0003) as failed
+            strays.append(InputCase(f.name, problem=(
+                f"{f.name} does not follow CASE_XXXX{ending} with XXXX one of the dataset's channels "
+                f"{sorted(known)}. Fix: rename it (e.g. {f.name[: -len(ending)]}_{channels[0]:04d}{ending}) or "
+                "move it out of the folder.")))
             continue
-        case_id, channel = match.group(1), int(match.group(2))
-        if channel in channels:
-            cases.setdefault(case_id, InputCase(case_id)).files[channel] = f
+        case = cases.setdefault(match.group(1), InputCase(match.group(1)))
+        if int(match.group(2)) in channels:
+            case.files[int(match.group(2))] = f
     for case in cases.values():
         missing = [c for c in channels if c not in case.files]
-        if missing and case.problem is None:
+        if missing:
             names = ", ".join(f"channel {c} ({spec.channel_names.get(c, '?')}): "
                               f"{channel_file(folder, case.case_id, c, ending).name}" for c in missing)
             case.problem = f"missing input file(s) {names}. Fix: add them to {folder}."
+    cases.update({stray.case_id: stray for stray in strays})
     return [cases[k] for k in sorted(cases)]
 
 

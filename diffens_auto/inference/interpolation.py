@@ -1,8 +1,9 @@
 """The interpolation floor of super-resolution (paper Table 1's baselines): trilinear up(lr) on the SR output grid.
 
-The same grid and the same block-centre trilinear interpolation as the diffusion models' condition
-(`conditioning.upsample_to_grid`, `operators.highres_grid`), without any learned prior and without the
-consistency projection, so it is the plain interpolation a reader compares against.
+The same grid, the same block-centre trilinear interpolation and the same background as the diffusion models'
+condition and outputs (`conditioning.upsample_to_grid`, `operators.highres_grid`; 0 outside the blocks whose input
+is non-zero), without any learned prior and without the consistency projection: the plain interpolation a reader
+compares against, on equal terms.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from diffens_auto.training.conditioning import upsample_to_grid
 
 def trilinear_upsample(lowres: np.ndarray, props: dict, degradation: dict) -> tuple[np.ndarray, dict]:
     """(float32 up(lowres), props of the high-resolution grid) of a canonical low-resolution image."""
-    factor = operator_for(degradation).factor
-    grid = highres_grid(props, factor)
-    up = upsample_to_grid(torch.from_numpy(np.asarray(lowres, np.float32))[None, None], factor, grid["shape"])
-    return up[0, 0].numpy(), grid
+    operator = operator_for(degradation)
+    grid = highres_grid(props, operator.factor)
+    lowres = torch.from_numpy(np.asarray(lowres, np.float32))[None, None]
+    up = upsample_to_grid(lowres, operator.factor, grid["shape"])
+    keep = operator.pinv((lowres != 0).float(), grid["shape"]) > 0
+    return (up * keep)[0, 0].numpy(), grid
 
 
 def trilinear_folder(input_files: dict[str, Path], output_folder: str | Path, degradation: dict,

@@ -147,7 +147,9 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
         dataset_results = Path(dataset_results)
         dataset_name = dataset_results.name
     plans_name = _plans_name(dataset_results, dataset_name, task, plans_name)
-    plans = _any_model_plans(dataset_results, dataset_name, task, plans_name)
+    own = dataset_results / task / f"{configuration}__{plans_name}"
+    plans = (load_model_plans(own, dataset_name, plans_name) if configuration and (own / PLANS_FILE).is_file()
+             else _any_model_plans(dataset_results, dataset_name, task, plans_name))
     if task not in plans["tasks"]:
         raise PredictionSetupError(f"-t {task}: no such task in plans {plans_name} (tasks: {sorted(plans['tasks'])}).")
     if configuration is None:
@@ -228,10 +230,13 @@ def _load_expert_strategy(dataset_name, dataset_results, plans, plans_name, task
         ensembler = _first_ensembler(plans)
         names = list(experts) if experts else list(plans["configurations"][ensembler]["experts"]) if ensembler else []
         unknown = [n for n in names if plans["configurations"].get(n, {}).get("kind") != "expert"]
-        if unknown or not names:
-            known = sorted(n for n, c in plans["configurations"].items() if c["kind"] == "expert")
-            raise PredictionSetupError(f"--experts {unknown or names}: not expert configurations of plans "
-                                       f"{plans_name} (experts: {known}).")
+        known = sorted(n for n, c in plans["configurations"].items() if c["kind"] == "expert")
+        if not names:
+            raise PredictionSetupError(f"-c {configuration}: plans {plans_name} have no ensembler whose experts it "
+                                       f"could combine. Fix: name them with --experts (experts: {known}).")
+        if unknown:
+            raise PredictionSetupError(f"--experts {unknown}: not expert configurations of plans {plans_name} "
+                                       f"(experts: {known}).")
     else:
         known = sorted(plans["configurations"]) + list(EXPERT_STRATEGIES)
         raise PredictionSetupError(f"-c {configuration}: neither a trained configuration of task '{task}' nor a "

@@ -3,9 +3,10 @@
     predictor = DiffensPredictor(steps=50, seed=0, device="cuda")
     predictor.initialize_from_trained_model(501, "sr", "3d_ensembler", fold=0)
     predictor.predict_from_files("in", "out")                 # what diffens_predict does
-    mean, std, props = predictor.predict_volume({3: lowres}, {3: lowres_props})
+    mean, std, props, case = predictor.predict_volume({3: lowres}, {3: lowres_props})
 
-Each sample starts from its own seed (seed, seed + 1, ...), so the first of N samples equals a 1-sample run.
+Each sample starts from its own seed (seed, seed + 1, ...), so the first of N samples equals a 1-sample run (the
+noise is drawn on the CPU, so it is the same on every device; the outputs agree up to floating-point rounding).
 The x0 estimate of every step is clipped (plans' clip_x0) and, for a task with a degradation, projected onto
 the measurement on the preprocessed grid; the finished image gets the exact projection on the output grid
 (case_preparation.py).
@@ -52,13 +53,47 @@ def check_device(device) -> torch.device:
     return device
 
 
+# what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
+RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_sha256", "checkpoints", "sampler",
+               "steps", "seed", "num_samples", "consistency", "input_grid")
+
+
+def check_same_settings(settings_file: Path, settings: dict) -> None:
+    """Refuse to continue a run whose earlier outputs were made with another model or sampling setting."""
+    if not settings_file.is_file():
+        return
+    earlier = json.loads(settings_file.read_text(encoding="utf-8"))
+    changed = [k for k in RESUME_KEYS if json.loads(json.dumps(earlier.get(k))) != json.loads(json.dumps(settings[k]))]
+    if changed:
+        details = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings[k]!r} now" for k in changed
+                            if k != "checkpoints") + ("; checkpoints differ" if "checkpoints" in changed else "")
+        raise PredictionSetupError(
+            f"--continue_prediction: the outputs in {settings_file.parent} were made with other settings ({details}). "
+            "Fix: continue with the same settings, write to another -o, or leave out --continue_prediction to "
+            "predict every case again.")
+
+
+def remove_stale_temporary_files(folder: Path) -> list[Path]:
+    """Delete the hidden temporary files a killed run left (atomic writes in progress: .NAME.XXXX.tmp...)."""
+    stale = [p for p in folder.glob(".*.tmp*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 class DiffensPredictor:
     """Sampling settings plus a loaded model; predicts volumes, case files and folders."""
 
     def __init__(self, steps: int | None = None, sampler: str | None = None, eta: float | None = None, seed: int = 0,
-                 num_samples: int = 1, consistency: bool = True, input_grid: str = "lr", device="cpu",
+                 num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr", device="cpu",
                  slice_batch_size: int | None = None, progress: bool = True, previews: bool = False):
         """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
+        if eta is not None and not eta >= 0:
+            raise PredictionSetupError(f"--eta {eta}: DDIM's eta is >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
+        if eta is not None and sampler == "ddpm":
+            raise PredictionSetupError("--eta applies to the ddim sampler only; leave it out with --sampler ddpm.")
+        if slice_batch_size is not None and slice_batch_size < 1:
+            raise PredictionSetupError(f"--slice_batch_size {slice_batch_size}: give at least 1.")
         if sampler is not None and sampler not in SAMPLERS:
             raise PredictionSetupError(f"--sampler {sampler}: use one of {SAMPLERS}.")
         if input_grid not in INPUT_GRIDS:
@@ -68,7 +103,8 @@ class DiffensPredictor:
         if steps is not None and steps < 1:
             raise PredictionSetupError(f"--steps {steps}: give at least 1.")
         self.steps, self.sampler_name, self.eta, self.seed = steps, sampler, eta, int(seed)
-        self.num_samples, self.consistency, self.input_grid = int(num_samples), bool(consistency), input_grid
+        self.num_samples, self.consistency_setting, self.input_grid = int(num_samples), consistency, input_grid
+        self.consistency = True if consistency is None else bool(consistency)
         self.device = check_device(device)
         self.slice_batch_size, self.progress, self.previews = slice_batch_size, progress, previews
         self.model: TrainedModel | None = None
@@ -101,6 +137,8 @@ class DiffensPredictor:
             diffusion["eta"] = float(self.eta)
         self.model = model
         self.sampler = sampler_from_plans(diffusion, num_steps=self.steps)
+        if self.consistency_setting is None:
+            self.consistency = bool(diffusion.get("consistency_projection", True))
         return self
 
     def _require_model(self) -> TrainedModel:
@@ -160,7 +198,7 @@ class DiffensPredictor:
 
     def predict_volume(self, arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], case_id: str = "case",
                        files: Mapping | None = None):
-        """(mean, std or None, output props) for canonical input arrays keyed by dataset channel (imageio props)."""
+        """(mean, std or None, output props, PreparedCase) for canonical input arrays by dataset channel."""
         model = self._require_model()
         case = prepare_case(arrays, props, model.plans, model.task, self.input_grid, case_id, files,
                             self.consistency)
@@ -227,7 +265,14 @@ class DiffensPredictor:
                                  num_parts, part_id)
         output_folder.mkdir(parents=True, exist_ok=True)
         summary = PredictionSummary(output_folder, num_parts, part_id)
-        atomic_write_json(self.settings(), summary.settings_file)
+        settings = {**self.settings(), "input_folder": str(input_folder), "output_folder": str(output_folder),
+                    "continue_prediction": continue_prediction, "num_parts": num_parts, "part_id": part_id,
+                    "previews": self.previews, "slice_batch_size": self.slice_batch_size}
+        if continue_prediction:
+            check_same_settings(summary.settings_file, settings)
+        if num_parts == 1:      # parts share the folder: another part's write in progress must not be removed
+            remove_stale_temporary_files(output_folder)
+        atomic_write_json(settings, summary.settings_file)
         from tqdm.auto import tqdm
         for case in tqdm(cases, desc="cases", unit="case", disable=not self.progress):
             outputs = self.output_paths(output_folder, case.case_id)

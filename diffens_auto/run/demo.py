@@ -12,7 +12,8 @@ def demo_entry() -> None:
                     "tpdm, average and 3d_ensembler (and trilinear interpolation), evaluate and print the table.",
         epilog="About 10-15 minutes on 2 CPU cores; --smoke runs the same steps on tiny sizes in about a minute. "
                "Re-running with the same -o resumes.")
-    parser.add_argument("-o", default="diffens_demo_output", help="work folder (default ./diffens_demo_output)")
+    parser.add_argument("-o", default=None,
+                        help="work folder (default ./diffens_demo_output, with --smoke ./diffens_demo_smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few iterations (CI)")
     parser.add_argument("-np", type=int, default=2, help="worker processes for preprocessing (default 2)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="default cpu")
@@ -20,7 +21,8 @@ def demo_entry() -> None:
 
     def work():
         from diffens_auto.demo.pipeline import SMOKE, FULL, format_table, run_demo
-        summary = run_demo(args.o, smoke=args.smoke, num_processes=args.np, device=args.device)
+        output = args.o or ("diffens_demo_smoke" if args.smoke else "diffens_demo_output")
+        summary = run_demo(output, smoke=args.smoke, num_processes=args.np, device=args.device)
         print()
         print(format_table(summary["table"], SMOKE if args.smoke else FULL, args.smoke))
         print(f"Total {summary['total_seconds']:.0f} s. Outputs, previews and the table (demo_table.md) are in "

@@ -5,6 +5,7 @@ from typing import Callable
 from diffens_auto.dataset.dataset_json import DatasetError
 from diffens_auto.dataset.naming import DatasetNotFoundError
 from diffens_auto.imageio import ImageReadError
+from diffens_auto.demo.pipeline import DemoSetupError
 from diffens_auto.inference.model import PredictionSetupError
 from diffens_auto.model_sharing.export import ModelSharingError
 from diffens_auto.paths import PathNotSetError
@@ -19,7 +20,7 @@ from diffens_auto.workers import WorkerDiedError
 USER_ERRORS = (DatasetError, DatasetNotFoundError, ImageReadError, PathNotSetError, PlansNotFoundError, PlansError,
                PlanningError, UnknownPresetError, PreprocessingError, WorkerDiedError, FileNotFoundError,
                TrainingSetupError, ExpertMismatchError, CheckpointError, PredictionSetupError,
-               ModelSharingError)
+               ModelSharingError, DemoSetupError)
 
 
 def run_command(work: Callable[[], None]) -> None:

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_samples", type=int, default=1,
                         help="samples per case: writes their mean and CASE_std<file_ending> (default 1)")
     parser.add_argument("--no_consistency", action="store_true",
-                        help="skip the consistency projection (per step and on the output)")
+                        help="skip the consistency projection (per step and on the output); default: the plans' "
+                             "diffusion.consistency_projection (true)")
     parser.add_argument("--input_grid", choices=("lr", "hr"), default="lr",
                         help="SR: the input is the low-resolution scan (lr, default) or already on the "
                              "high-resolution grid (hr)")
@@ -59,7 +60,8 @@ def predict_entry() -> None:
         from diffens_auto.inference.predictor import DiffensPredictor
         from diffens_auto.training.trainer import parse_fold
         predictor = DiffensPredictor(args.steps, args.sampler, args.eta, args.seed, args.num_samples,
-                                     not args.no_consistency, args.input_grid, args.device, args.slice_batch_size,
+                                     False if args.no_consistency else None, args.input_grid, args.device,
+                                     args.slice_batch_size,
                                      progress=not args.quiet, previews=args.previews)
         predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, parse_fold(args.fold),
                                                 args.plans, args.checkpoint, args.experts)

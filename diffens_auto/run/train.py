@@ -64,6 +64,8 @@ def train_entry() -> None:
         for value, flag in ((args.epochs, "--epochs"), (args.iterations_per_epoch, "--iterations_per_epoch")):
             if value is not None and value < 1:
                 raise TrainingSetupError(f"{flag} {value}: give a positive number.")
+        if args.val_steps is not None and args.val_steps < 1:
+            raise TrainingSetupError(f"--val_steps {args.val_steps}: give at least 1.")
         if args.val and args.no_val:
             raise TrainingSetupError("--val (only validate) and --no_val (do not validate) exclude each other.")
         if not args.val:
@@ -77,7 +79,7 @@ def train_entry() -> None:
             from diffens_auto.training.trainer import parse_fold
             summary = validate_model(args.dataset, args.task, args.name or args.configuration,
                                      parse_fold(args.fold), args.plans, args.checkpoint, args.val_steps,
-                                     args.seed, args.device if args.num_gpus == 1 else "cpu")
+                                     args.seed, args.device)
             mean = {k: (round(v, 4) if v is not None else None) for k, v in summary["mean"].items()}
             failed = [r["case"] for r in summary["cases"] if r["status"] == "failed"]
             print(f"Validation ({len(summary['cases'])} cases, {summary['steps']} steps): {mean}"

@@ -34,3 +34,13 @@ def test_smoke_demo_reports_every_method_and_resumes(tmp_path, monkeypatch):
         if old["method"] != "Trilinear":      # recomputed (it costs nothing), so its time changes
             assert new == old
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_a_work_folder_of_another_demo_run_is_refused(tmp_path):
+    import pytest
+
+    from diffens_auto.demo.pipeline import FULL, DemoSetupError, check_work_folder
+    check_work_folder(tmp_path, SMOKE, 0)
+    check_work_folder(tmp_path, SMOKE, 0)        # the same settings: fine (resume)
+    with pytest.raises(DemoSetupError, match="holds a smoke diffens_demo run with other settings"):
+        check_work_folder(tmp_path, FULL, 0)

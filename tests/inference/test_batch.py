@@ -99,7 +99,8 @@ def test_continue_prediction_after_a_kill_finishes_the_rest_without_redoing_fini
     with pytest.MonkeyPatch.context() as monkeypatch:
         for variable, value in trained_demo.folders.items():
             monkeypatch.setenv(variable, str(value))
-        predictor = DiffensPredictor(steps=2, progress=False).initialize_from_trained_model(900, "sr", "3d_ensembler")
+        # the same settings as the killed run: --continue_prediction refuses outputs made with others
+        predictor = DiffensPredictor(steps=25, progress=False).initialize_from_trained_model(900, "sr", "3d_ensembler")
         summary = predictor.predict_from_files(folder, out, continue_prediction=True)
     status = {row["case"]: row["status"] for row in summary["cases"]}
     assert {c for c, s in status.items() if s == "skipped"} == {n[: -len(".nii.gz")] for n in finished}
@@ -151,3 +152,52 @@ def test_gzip_garbage_is_reported_not_raised(trained_demo_folders, tmp_path):
     status = {row["case"]: row for row in summary["cases"]}
     assert status["fine"]["status"] == "done"
     assert status["junk"]["status"] == "failed" and "junk.nii.gz" in status["junk"]["message"]
+
+
+def test_continuing_with_other_settings_is_refused_and_stale_temporary_files_are_removed(trained_demo_folders,
+                                                                                        tmp_path):
+    from diffens_auto.inference.model import PredictionSetupError
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_sitk(blob((5, 6, 4), 1) * 2, folder / "c.nii.gz", spacing=(8.0, 8.0, 8.0))
+    out = tmp_path / "out"
+    DiffensPredictor(steps=1, progress=False).initialize_from_trained_model(900, "sr", "2d_axial") \
+        .predict_from_files(folder, out)
+    (out / ".c.nii.gz.abc123.tmp.nii.gz").write_bytes(b"partial")
+    other_seed = DiffensPredictor(steps=1, seed=5, progress=False).initialize_from_trained_model(900, "sr", "2d_axial")
+    with pytest.raises(PredictionSetupError, match=r"other settings \(seed: 0 then, 5 now\)"):
+        other_seed.predict_from_files(folder, out, continue_prediction=True)
+    same = DiffensPredictor(steps=1, progress=False).initialize_from_trained_model(900, "sr", "2d_axial")
+    assert same.predict_from_files(folder, out, continue_prediction=True)["skipped"] == 1
+    assert not (out / ".c.nii.gz.abc123.tmp.nii.gz").exists()
+
+
+def test_an_all_zero_input_of_a_two_input_task_is_named(trained_demo, bad_batch, tmp_path):
+    t1ce, props = read_image(bad_batch / "good_0001.nii.gz")
+    write_image(np.zeros_like(t1ce), props, bad_batch / "good_0001.nii.gz")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for variable, value in trained_demo.folders.items():
+            monkeypatch.setenv(variable, str(value))
+        predictor = DiffensPredictor(steps=1, progress=False).initialize_from_trained_model(900, "both", "2d_axial")
+        summary = predictor.predict_from_files(bad_batch, tmp_path / "out")
+    row = next(r for r in summary["cases"] if r["case"] == "good")
+    assert row["status"] == "failed" and "good_0001.nii.gz: every voxel is 0" in row["message"]
+
+
+def test_the_plans_consistency_setting_is_the_default(trained_demo_folders):
+    predictor = DiffensPredictor(steps=1, progress=False).initialize_from_trained_model(900, "sr", "2d_axial")
+    assert predictor.consistency is True
+    predictor.model.plans["diffusion"]["consistency_projection"] = False
+    assert predictor.use_model(predictor.model).consistency is False
+    forced = DiffensPredictor(steps=1, consistency=True, progress=False).initialize_from_trained_model(900, "sr",
+                                                                                                       "2d_axial")
+    forced.model.plans["diffusion"]["consistency_projection"] = False
+    assert forced.use_model(forced.model).consistency is True
+
+
+def test_sampler_flag_combinations_are_checked():
+    from diffens_auto.inference.model import PredictionSetupError
+    for kwargs, message in (({"eta": -1.0}, "eta is >= 0"), ({"eta": 0.5, "sampler": "ddpm"}, "ddim sampler only"),
+                            ({"slice_batch_size": 0}, "at least 1"), ({"num_samples": 0}, "at least 1")):
+        with pytest.raises(PredictionSetupError, match=message):
+            DiffensPredictor(**kwargs)
