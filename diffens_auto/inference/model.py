@@ -25,7 +25,7 @@ from diffens_auto.diffusion.strategies import Windowed, build_strategy
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.planning.plans_schema import validate_plans
 from diffens_auto.training.checkpoints import FINAL, file_sha256, load_checkpoint, model_from_checkpoint
-from diffens_auto.training.experts import ExpertMismatchError, fold_folder
+from diffens_auto.training.experts import fold_folder, recorded_expert_files
 from diffens_auto.training.model_folder import PLANS_FILE
 
 EXPERT_STRATEGIES = ("average", "tpdm")
@@ -190,19 +190,7 @@ def _load_ensembler(dataset_name, dataset_results, plans, plans_name, task, conf
         raise _missing_models_error(dataset_name, task, [configuration], plans_name, fold, checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     records, runners = [_record("ensembler", configuration, path)], {}
-    for expert in state["experts"]:
-        expert_path = dataset_results / expert["checkpoint"]
-        if not expert_path.is_file():
-            raise ExpertMismatchError(
-                f"Ensembler {path} fuses expert {expert['name']} from {expert_path}, which is missing. Fix: restore "
-                "that checkpoint (or install the exported model again), or retrain the ensembler.")
-        sha256 = file_sha256(expert_path)
-        if sha256 != expert["sha256"]:
-            raise ExpertMismatchError(
-                f"Expert {expert['name']} ({expert_path}) changed since ensembler {configuration} was trained "
-                f"(SHA-256 {expert['sha256'][:12]}... then, {sha256[:12]}... now): the ensembler is refused. Fix: "
-                f"restore the expert checkpoint it was trained with, or retrain the ensembler "
-                f"(diffens_train {dataset_name} {task} {configuration} -f {fold} -p {plans_name}).")
+    for expert, expert_path, sha256 in recorded_expert_files(state, dataset_results, configuration):
         runners[expert["name"]] = _expert_runner(expert_path, expert["name"], slice_batch_size, device,
                                                  expert.get("condition_indices"))
         records.append(_record("expert", expert["name"], expert_path, sha256))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import diffens_auto
+from diffens_auto.devices import check_device
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
@@ -38,19 +39,6 @@ from diffens_auto.training.checkpoints import FINAL
 from diffens_auto.training.conditioning import target_from_y0
 
 SAMPLERS = ("ddim", "ddpm")
-
-
-def check_device(device) -> torch.device:
-    """torch.device of `device`, refused with the fix when this machine does not have it."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictionSetupError("-device cuda: no CUDA device is available to torch here. Fix: -device cpu, or "
-                                   "install a CUDA build of torch.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictionSetupError("-device mps: MPS is not available on this machine. Fix: -device cpu.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise PredictionSetupError(f"-device {device}: use cpu, cuda or mps.")
-    return device
 
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
@@ -105,7 +93,7 @@ class DiffensPredictor:
         self.steps, self.sampler_name, self.eta, self.seed = steps, sampler, eta, int(seed)
         self.num_samples, self.consistency_setting, self.input_grid = int(num_samples), consistency, input_grid
         self.consistency = True if consistency is None else bool(consistency)
-        self.device = check_device(device)
+        self.device = check_device(device, PredictionSetupError)
         self.slice_batch_size, self.progress, self.previews = slice_batch_size, progress, previews
         self.model: TrainedModel | None = None
         self.sampler = None

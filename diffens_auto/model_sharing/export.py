@@ -28,7 +28,8 @@ from typing import Sequence
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_path
 from diffens_auto.dataset.naming import resolve_dataset_name
-from diffens_auto.training.checkpoints import FINAL, file_sha256, load_checkpoint
+from diffens_auto.training.checkpoints import FINAL, load_checkpoint
+from diffens_auto.training.experts import ExpertMismatchError, recorded_expert_files
 from diffens_auto.training.model_folder import DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE
 
 MANIFEST_FILE = "diffens_model_manifest.json"
@@ -150,29 +151,14 @@ def _fold_files(fold: ExportedFold, checkpoints: Sequence[str]) -> list[Path]:
 def verified_experts(checkpoint_path: Path, dataset_results: Path) -> list[dict]:
     """The expert records of an ensembler checkpoint ([] for an expert), each checked: file present, same SHA-256."""
     checkpoint = load_checkpoint(checkpoint_path)
-    records = checkpoint.get("experts") or []
     ensembler = checkpoint_path.relative_to(dataset_results).as_posix()
-    retrain = (f"diffens_train {dataset_results.name} {checkpoint.get('task')} {checkpoint.get('configuration')} "
-               f"-f {checkpoint.get('fold')} -p {checkpoint.get('plans_name')}")
-    checked = []
-    for record in records:
-        relative = safe_member_path(str(record["checkpoint"]), f"{checkpoint_path}: expert {record['name']}")
-        path = dataset_results / relative
-        if not path.is_file():
-            raise ModelSharingError(
-                f"Ensembler {ensembler} needs its expert {record['name']} ({relative}), which is missing. Fix: "
-                f"restore that exact expert checkpoint, or retrain the ensembler on the experts you have "
-                f"({retrain}).")
-        sha256 = file_sha256(path)
-        if sha256 != record["sha256"]:
-            raise ModelSharingError(
-                f"Ensembler {ensembler} was trained with expert {record['name']} ({relative}, SHA-256 "
-                f"{record['sha256'][:12]}...), but that file has changed (SHA-256 {sha256[:12]}... now). Fix: "
-                f"restore the expert checkpoint the ensembler was trained with, or retrain the ensembler "
-                f"({retrain}).")
-        checked.append({"ensembler": ensembler, "name": record["name"], "checkpoint": relative.as_posix(),
-                        "sha256": sha256})
-    return checked
+    try:
+        found = recorded_expert_files(checkpoint, dataset_results, ensembler)
+    except ExpertMismatchError as e:
+        raise ModelSharingError(str(e)) from None
+    return [{"ensembler": ensembler, "name": record["name"],
+             "checkpoint": path.relative_to(dataset_results).as_posix(), "sha256": sha256}
+            for record, path, sha256 in found]
 
 
 def collect_export(dataset_name: str, folds: list[ExportedFold], checkpoints: Sequence[str]):

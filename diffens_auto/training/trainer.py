@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffens_auto import paths
+from diffens_auto import devices, paths
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.networks import Ensembler, build_expert
@@ -447,15 +447,8 @@ def per_rank_schedule(schedule: Schedule, world_size: int) -> Schedule:
 
 
 def check_device(device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingSetupError("-device cuda: no CUDA device is available to torch here. Fix: -device cpu, or "
-                                 "install a CUDA build of torch.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingSetupError("-device mps: MPS is not available on this machine. Fix: -device cpu.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise TrainingSetupError(f"-device {device}: use cpu, cuda or mps.")
-    return device
+    """The training device, TrainingSetupError with the fix when this machine lacks it."""
+    return devices.check_device(device, TrainingSetupError)
 
 
 def default_loaders(run: RunSpec) -> LoaderFactory:
