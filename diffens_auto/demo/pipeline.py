@@ -154,7 +154,7 @@ def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, devi
     return seconds
 
 
-def _evaluate(work: Path, settings: DemoSettings) -> dict:
+def _evaluate(work: Path) -> dict:
     from diffens_auto.evaluation import evaluate_folders
     results = {}
     for method, configuration in METHODS:
@@ -191,7 +191,7 @@ def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 
     clock.done("degraded test inputs (FLAIR pooled 4x4x4)")
     seconds = _predict(work, inputs, settings, plans, device, seed)
     clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 1} strategies + trilinear)")
-    evaluations = _evaluate(work, settings)
+    evaluations = _evaluate(work)
     table = results_table(evaluations, seconds)
     previews = comparison_previews(work, METHODS)
     clock.done("evaluation")
