@@ -1,6 +1,7 @@
 """The three data folders, read from environment variables when first needed (as nnU-Net does)."""
 import os
 from pathlib import Path
+from diffens_auto.errors import DiffensError
 
 RAW_VARIABLE = "diffens_raw"
 PREPROCESSED_VARIABLE = "diffens_preprocessed"
@@ -11,7 +12,7 @@ DEFAULT_AUGMENTATION_WORKERS = 2
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class PathNotSetError(RuntimeError):
+class PathNotSetError(DiffensError, RuntimeError):
     """Raised when a data folder is needed but its environment variable is not set."""
 
 

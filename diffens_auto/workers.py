@@ -7,13 +7,14 @@ from multiprocessing import get_context
 from typing import Callable, Sequence
 
 from tqdm import tqdm
+from diffens_auto.errors import DiffensError
 
 WORKER_DIED = ("a worker process died while working on (or waiting for) this case: killed for lack of memory, "
                "or (in a script) no `if __name__ == '__main__':` guard. Fix: re-run with fewer processes (-np) "
                "or add the guard.")
 
 
-class WorkerDiedError(RuntimeError):
+class WorkerDiedError(DiffensError, RuntimeError):
     """A worker process died (e.g. killed for memory) before finishing its job."""
 
 

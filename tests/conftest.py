@@ -57,7 +57,7 @@ def trained_demo(tmp_path_factory):
 
     from diffens_auto.dataset.demo import make_demo_dataset
     from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
-    from diffens_auto.training.trainer import train
+    from diffens_auto.workflows.train import train
 
     root = tmp_path_factory.mktemp("trained_demo")
     folders = {}
@@ -69,7 +69,7 @@ def trained_demo(tmp_path_factory):
         make_demo_dataset(num_cases=4, shape=(32, 32, 32), spacing=(2, 2, 2))
         plan_and_preprocess(900, preset="tiny", num_processes=1)
         for task, configuration in TRAINED_DEMO_MODELS:
-            train(900, task, configuration, 0, num_epochs=1, iterations_per_epoch=2, echo=False)
+            train(900, task, configuration, 0, num_epochs=1, iterations_per_epoch=2, echo=False, validate=False)
     return SimpleNamespace(root=root, folders=folders, raw=folders[paths.RAW_VARIABLE],
                            preprocessed=folders[paths.PREPROCESSED_VARIABLE], results=folders[paths.RESULTS_VARIABLE],
                            dataset_name="Dataset900_DemoBrain", plans_name="diffensPlans_tiny")

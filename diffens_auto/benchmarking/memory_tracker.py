@@ -7,22 +7,27 @@ of the live total. Memory an op uses only internally (oneDNN/cuDNN workspaces) i
 tensors that existed before the block unless `track` registers them — which is what the planner's
 `workspace` allowance and its parameter/optimizer components stand for.
 
-`measure_training_step` runs one real training step (forward, MSE loss on the noise, backward, Adam
-step, EMA update) of a plans configuration in float32 on the CPU and returns the tracked peak,
-including the parameters, gradients, Adam moments and EMA copy, and for an ensembler the frozen
-experts, their slice-batch forward and the restacked features they hand to the injection convs.
+`measure_training_step` runs one step of the project's own `Trainer.step` (forward, MSE loss on the noise,
+backward, Adam step, EMA update) for a plans configuration in float32 on the CPU and returns the tracked peak,
+including the parameters, gradients, Adam moments and EMA copy, and for an ensembler the frozen experts, their
+slice-batch forward and the restacked features they hand to the injection convs. Its phases are marked with
+PyTorch's module and optimizer hooks, so nothing of the step is re-implemented here.
 """
+import tempfile
 import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import ExpertRunner
 from diffens_auto.networks import Ensembler, build_expert, expert_input_channels
+from diffens_auto.training.experts import FrozenExpert
+from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
+from diffens_auto.training.schedule import EpochSchedule, Stage
+from diffens_auto.training.trainer import Trainer
 
 
 class PeakMemoryTracker(TorchDispatchMode):
@@ -96,80 +101,73 @@ def _optimizer_state(optimizer) -> list:
     return [value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
 
 
-def _ema_update(ema: list, parameters: list, decay: float = 0.999) -> None:
-    with torch.no_grad():
-        for average, parameter in zip(ema, parameters):
-            average.lerp_(parameter, 1 - decay)
+def _frozen_experts(configuration: dict, experts: dict, slice_batch_size: int) -> tuple[list[FrozenExpert], int]:
+    """Untrained frozen experts of an ensembler configuration, and the number of condition channels they share."""
+    network, names = configuration["network"], configuration["experts"]
+    n_cond = network["in_channels"] - 1 - len(names)
+    frozen = []
+    for name in names:
+        # a configuration's network has the largest in_channels over the tasks; match the ensembler's n_cond
+        expert_network = experts[name]["network"]
+        expert_network = {**expert_network, "in_channels": expert_input_channels(
+            n_cond, expert_network.get("context_slices", 0), expert_network.get("position_channels", 0))}
+        expert = build_expert(expert_network).eval().requires_grad_(False)
+        runner = ExpertRunner.from_network(expert, expert_network, experts[name]["slice_axis"], slice_batch_size,
+                                           name=name)
+        frozen.append(FrozenExpert(runner, {"name": name}))
+    return frozen, n_cond
 
 
-class _Step:
-    """The pieces of one training step of a configuration: model, optimizer, EMA and a step function."""
+def _trainer(configuration: dict, experts: dict | None, slice_batch_size: int, output_folder: str):
+    """The Trainer of one configuration (untrained networks) and the number of its condition channels."""
+    network = configuration["network"]
+    if configuration.get("kind") == "ensembler":
+        frozen, n_cond = _frozen_experts(configuration, experts, slice_batch_size)
+        names = configuration["experts"]
+        model = Ensembler(network, names, ["epsilon_target"] * len(names))
+        objective = EnsemblerObjective(frozen, want_features=bool(model.feature_injection))
+    else:
+        model, objective, n_cond = build_expert(network), ExpertObjective(), network["in_channels"] - 1
+    stage = Stage("measure", 1, tuple(configuration["patch_size"]), int(configuration["batch_size"]))
+    trainer = Trainer(model, objective, NoiseSchedule.linear(), EpochSchedule((stage,), 1, 0, 1, stage), None,
+                      output_folder=output_folder, lr=1e-4, ema_decay=0.999, echo=False)
+    return trainer, n_cond
 
-    def __init__(self, configuration: dict, experts: dict | None, shape, slice_batch_size: int, seed: int):
-        torch.manual_seed(seed)
-        self.configuration, self.network = configuration, configuration["network"]
-        self.batch = configuration["batch_size"]
-        self.shape = list(shape)
-        self.schedule = NoiseSchedule.linear()
-        self.ensembler = configuration.get("kind") == "ensembler"
-        self.runners = []
-        if self.ensembler:
-            names = configuration["experts"]
-            self.model = Ensembler(self.network, names, ["epsilon_target"] * len(names))
-            n_cond = self.network["in_channels"] - 1 - len(names)
-            for name in names:
-                # a configuration's network has the largest in_channels over the tasks; match the ensembler's n_cond
-                network = experts[name]["network"]
-                network = {**network, "in_channels": expert_input_channels(
-                    n_cond, network.get("context_slices", 0), network.get("position_channels", 0))}
-                expert = build_expert(network).eval()
-                expert.requires_grad_(False)
-                self.runners.append(ExpertRunner.from_network(expert, network, experts[name]["slice_axis"],
-                                                              slice_batch_size, name=name))
-            self.condition_channels = n_cond
-        else:
-            self.model = build_expert(self.network)
-            self.condition_channels = self.network["in_channels"] - 1
-        self.model.train()
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=1e-4)
-        self.ema = [p.detach().clone() for p in self.parameters]
 
-    def resident(self) -> list:
-        """Tensors alive across steps: weights, Adam moments, EMA, frozen experts' weights."""
-        experts = [p for runner in self.runners for p in runner.expert.parameters()]
-        return [*self.model.parameters(), *_optimizer_state(self.optimizer), *self.ema, *experts]
+def _resident(trainer: Trainer) -> list:
+    """Tensors alive across steps: weights, Adam moments, EMA, frozen experts' weights."""
+    experts = [p for e in getattr(trainer.objective, "experts", []) for p in e.runner.expert.parameters()]
+    return [*trainer.model.parameters(), *_optimizer_state(trainer.optimizer), *trainer.ema.model.parameters(),
+            *experts]
 
-    def __call__(self, tracker: PeakMemoryTracker | None = None) -> None:
-        """Forward, MSE on the noise, backward, Adam step, EMA update (Diff-Ensembler Alg. 1 for an ensembler)."""
-        lap = tracker.lap if tracker is not None else (lambda label: None)
-        self.optimizer.zero_grad(set_to_none=True)
-        y0 = torch.randn(self.batch, 1, *self.shape)
-        condition = torch.randn(self.batch, self.condition_channels, *self.shape)
-        noise = torch.randn_like(y0)
-        t = torch.randint(0, self.schedule.num_train_steps, (self.batch,))
-        y_t = self.schedule.q_sample(y0, t, noise)
-        lap("inputs")
-        if self.ensembler:
-            want = bool(self.model.feature_injection)       # the small ensembler takes no features
-            outputs = [runner(y_t, condition, t, want_features=want) for runner in self.runners]
-            lap("expert_forward")
-            features = {runner.name: f for runner, (_, f) in zip(self.runners, outputs)} if want else None
-            eps_hat = self.model(condition, y_t, [eps for eps, _ in outputs], t, features)
-        else:
-            eps_hat, _ = self.model(torch.cat([y_t, condition], dim=1), t)
-        loss = F.mse_loss(eps_hat, noise)
-        lap("forward")
-        loss.backward()
-        lap("backward")
-        self.optimizer.step()
-        _ema_update(self.ema, self.parameters)
-        lap("optimizer_step")
+
+def _mark_phases(trainer: Trainer, tracker: "PeakMemoryTracker") -> list:
+    """Hooks that lap the tracker: inputs, expert_forward, forward, backward; returns their handles."""
+    handles = []
+    experts = getattr(trainer.objective, "experts", [])
+    if experts:
+        first = experts[0].runner.expert
+        handles.append(first.register_forward_pre_hook(lambda *_: tracker.lap("inputs") and None))
+        handles.append(trainer.model.register_forward_pre_hook(lambda *_: tracker.lap("expert_forward") and None))
+    else:
+        handles.append(trainer.model.register_forward_pre_hook(lambda *_: tracker.lap("inputs") and None))
+    handles.append(trainer.model.register_forward_hook(lambda *_: tracker.lap("forward") and None))
+    handles.append(trainer.optimizer.register_step_pre_hook(lambda *_: tracker.lap("backward") and None))
+    return handles
+
+
+def _batch(trainer: Trainer, n_cond: int, generator: torch.Generator):
+    """A random batch of the configuration's shape with (t, eps) drawn as the Trainer draws them."""
+    stage = trainer.schedule.stages[0]
+    shape = (stage.batch_size, 1, *stage.patch_size)
+    batch = {"y0": torch.randn(shape, generator=generator),
+             "condition": torch.randn((shape[0], n_cond, *shape[2:]), generator=generator)}
+    return (batch, *trainer.draw_t_and_noise(batch["y0"], generator))
 
 
 def measure_training_step(configuration: dict, *, experts: dict | None = None, shape=None,
                           slice_batch_size: int | None = None, seed: int = 0) -> StepMeasurement:
-    """Peak live bytes of one steady-state float32 CPU training step of a plans configuration.
+    """Peak live bytes of one steady-state float32 CPU `Trainer.step` of a plans configuration.
 
     A first (untracked) step creates the Adam moments; the measured second step counts them, the
     weights and the EMA copy as resident, and everything the step allocates (inputs, frozen experts'
@@ -180,13 +178,19 @@ def measure_training_step(configuration: dict, *, experts: dict | None = None, s
         shape = configuration.get("fine_tune_shape") or configuration["patch_size"]
     if slice_batch_size is None:
         slice_batch_size = configuration.get("expert_slice_batch_size", 1)
-    step = _Step(configuration, experts, shape, slice_batch_size, seed)
-    step()                                     # warm-up: Adam's moments exist in every later step
-    tracker = PeakMemoryTracker()
-    tracker.track(step.resident())
-    resident = tracker.live_bytes
-    with tracker:
-        step(tracker)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="diffens_memory_") as folder:
+        trainer, n_cond = _trainer({**configuration, "patch_size": list(shape)}, experts, slice_batch_size, folder)
+        trainer.step(*_batch(trainer, n_cond, generator))      # warm-up: Adam's moments exist in every later step
+        tracker = PeakMemoryTracker()
+        tracker.track(_resident(trainer))
+        resident = tracker.live_bytes
+        handles = _mark_phases(trainer, tracker)
+        with tracker:
+            trainer.step(*_batch(trainer, n_cond, generator))
+            tracker.lap("optimizer_step")
+        for handle in handles:
+            handle.remove()
     return StepMeasurement(peak_bytes=tracker.peak_bytes, resident_bytes=resident,
                            phase_peaks=dict(tracker.phase_peaks))
-

@@ -45,11 +45,11 @@ def prepare_demo(folder: str | Path, num_cases: int = 4, shape: Sequence[int] = 
 
 def train_experts_briefly(plans: dict, configuration: str, seed: int = 0) -> None:
     """Give the ensembler's experts a checkpoint_final.pth (one iteration each)."""
-    from diffens_auto.training.trainer import train
+    from diffens_auto.workflows.train import train
 
     for expert in plans["configurations"][configuration]["experts"]:
         train(DATASET_ID, TASK, expert, plans_name=plans["plans_name"], num_epochs=1, iterations_per_epoch=1,
-              seed=seed, echo=False)
+              seed=seed, echo=False, validate=False)
 
 
 def make_loader(run, stage, num_workers: int, seed: int = 0):
@@ -123,7 +123,8 @@ def benchmark_training(iterations: int = 10, folder: str | Path | None = None, n
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="diffens_benchmark_training_") as tmp:
             return benchmark_training(iterations, tmp, num_cases, shape, spacing, configurations, device, seed)
-    from diffens_auto.training.trainer import build_trainer, resolve_run
+    from diffens_auto.training.assembly import TrainingOptions, build_trainer
+    from diffens_auto.training.run_spec import resolve_run
 
     plans = prepare_demo(folder, num_cases, shape, spacing)
     workers = paths.augmentation_workers()
@@ -133,7 +134,7 @@ def benchmark_training(iterations: int = 10, folder: str | Path | None = None, n
         if plans["configurations"][configuration]["kind"] == "ensembler":
             train_experts_briefly(plans, configuration, seed)
         run = resolve_run(DATASET_ID, TASK, configuration, plans_name=plans["plans_name"])
-        trainer = build_trainer(run, device, seed=seed, echo=False)
+        trainer = build_trainer(run, TrainingOptions(device=device, seed=seed, echo=False))
         for stage in trainer.schedule.stages:
             results["rows"].append(benchmark_stage(trainer, run, stage, iterations, workers))
     return results

@@ -6,13 +6,14 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from diffens_auto.errors import DiffensError
 
 SUPPORTED_DEGRADATIONS = ("avgpool",)
 DEFAULT_SR_FACTOR = (4, 4, 4)
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class DatasetError(ValueError):
+class DatasetError(DiffensError, ValueError):
     """A dataset (dataset.json or its files) is malformed; the message names the file, the field and the fix."""
 
 

@@ -5,11 +5,12 @@ import re
 from pathlib import Path
 
 from diffens_auto import paths
+from diffens_auto.errors import DiffensError
 
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9._-]+$")
 
 
-class DatasetNotFoundError(LookupError):
+class DatasetNotFoundError(DiffensError, LookupError):
     """No (or more than one) dataset folder matches the identifier the user gave."""
 
 

@@ -1,4 +1,4 @@
-"""Cross-validation splits (`splits_final.json`): 5 seeded folds, kept once written so folds stay stable."""
+"""Cross-validation splits (`splits_final.json`): 5 seeded folds, kept once written so folds stay stable; reading a fold."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,11 @@ import numpy as np
 
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.dataset.dataset_json import DatasetError
+from diffens_auto.errors import MissingFileError
 
 DEFAULT_NUM_FOLDS = 5
 DEFAULT_SEED = 12345
+SPLITS_FILE = "splits_final.json"
 
 
 def make_splits(case_ids: list[str], num_folds: int = DEFAULT_NUM_FOLDS, seed: int = DEFAULT_SEED) -> list[dict]:
@@ -38,3 +40,17 @@ def ensure_splits(path: str | Path, case_ids: list[str], seed: int = DEFAULT_SEE
     splits = make_splits(case_ids, seed=seed)
     atomic_write_json(splits, path)
     return splits
+
+
+def split_case_ids(preprocessed_dataset_folder: str | Path, fold: int | str) -> tuple[list[str], list[str]]:
+    """(train, val) case ids of a fold of splits_final.json; fold "all" trains and validates on every case."""
+    path = Path(preprocessed_dataset_folder) / SPLITS_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found. Fix: run diffens_plan_and_preprocess for this dataset.")
+    splits = json.loads(path.read_text(encoding="utf-8"))
+    if str(fold) == "all":
+        cases = sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
+        return cases, cases
+    if not str(fold).isdigit() or int(fold) >= len(splits):
+        raise DatasetError(f"Fold {fold!r} does not exist: {path} has folds 0..{len(splits) - 1} (or use 'all').")
+    return list(splits[int(fold)]["train"]), list(splits[int(fold)]["val"])

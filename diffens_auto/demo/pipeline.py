@@ -23,6 +23,7 @@ from pathlib import Path
 
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json, atomic_write_text
+from diffens_auto.errors import DiffensError
 
 DEMO_DATASET_ID = 900
 TASK = "sr"
@@ -52,7 +53,7 @@ SMOKE = DemoSettings(3, 1, (32, 32, 32), (2.0, 2.0, 2.0), expert_epochs=1, exper
                      ensembler_epochs=2, ensembler_iterations=2, steps=3)
 
 
-class DemoSetupError(ValueError):
+class DemoSetupError(DiffensError, ValueError):
     """The work folder holds a demo run with other settings (e.g. a smoke run)."""
 
 
@@ -110,14 +111,16 @@ def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
 
 
 def _train(settings: DemoSettings, plans: dict, device, verbose: bool) -> list[str]:
-    from diffens_auto.training.trainer import train
+    from diffens_auto.workflows.train import train
     ensembler = "3d_ensembler"
     experts = list(plans["configurations"][ensembler]["experts"])
     for configuration in experts:
         train(DEMO_DATASET_ID, TASK, configuration, "all", continue_training=True, device=device,
-              num_epochs=settings.expert_epochs, iterations_per_epoch=settings.expert_iterations, echo=verbose)
+              num_epochs=settings.expert_epochs, iterations_per_epoch=settings.expert_iterations, echo=verbose,
+              validate=False)
     train(DEMO_DATASET_ID, TASK, ensembler, "all", continue_training=True, device=device,
-          num_epochs=settings.ensembler_epochs, iterations_per_epoch=settings.ensembler_iterations, echo=verbose)
+          num_epochs=settings.ensembler_epochs, iterations_per_epoch=settings.ensembler_iterations, echo=verbose,
+          validate=False)
     return experts + [ensembler]
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from diffens_auto.errors import MissingFileError
 
 # Two-part endings first, so "a.nii.gz" ends in ".nii.gz" and not ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".gipl.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".tif", ".tiff", ".vtk",
@@ -43,7 +44,7 @@ def detect_file_ending(reference_folder: str | Path) -> str:
     counts = Counter(image_ending(f.name) for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     counts.pop(None, None)
     if not counts:
-        raise FileNotFoundError(f"{folder}: no reference images (files ending in {', '.join(IMAGE_ENDINGS)}). Fix: "
+        raise MissingFileError(f"{folder}: no reference images (files ending in {', '.join(IMAGE_ENDINGS)}). Fix: "
                                 "pass the folder holding the reference volumes with -ref.")
     return min(counts, key=lambda ending: (-counts[ending], ending != DEFAULT_ENDING, ending))
 
@@ -52,7 +53,7 @@ def existing_folder(folder: str | Path, role: str) -> Path:
     """`folder` as a Path; FileNotFoundError naming its role if it is not a directory."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{role} folder {folder} not found. Fix: check the path.")
+        raise MissingFileError(f"{role} folder {folder} not found. Fix: check the path.")
     return folder
 
 
@@ -118,7 +119,7 @@ def pair_case_files(reference_folder: str | Path, prediction_folder: str | Path,
     cases = _reference_files(image_files(reference_folder, file_ending), predictions, ref_channel)
     if not cases:
         wanted = f"CASE_{ref_channel:04d}{file_ending}" if ref_channel is not None else f"CASE{file_ending}"
-        raise FileNotFoundError(f"{reference_folder}: no reference images named {wanted}. Fix: check -ref, "
+        raise MissingFileError(f"{reference_folder}: no reference images named {wanted}. Fix: check -ref, "
                                 "-file_ending and -ref_channel.")
     masks = {} if mask_folder is None else image_files(mask_folder, file_ending)
     paired = []

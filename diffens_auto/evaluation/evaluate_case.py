@@ -10,6 +10,7 @@ from diffens_auto.evaluation.metrics import mace, mae, psnr, reference_data_rang
 from diffens_auto.evaluation.mmd import case_rng, extract_patches, sample_patch_corners
 from diffens_auto.evaluation.ssim import LocalMoments, local_moments, mean_ssim
 from diffens_auto.imageio import ImageReadError, check_same_geometry, count_nonfinite_voxels, read_image
+from diffens_auto.errors import DiffensError
 
 METRICS = ("psnr", "ssim", "mae", "mace")
 COLUMNS = ("case", "region", *METRICS, "data_range", "num_voxels", "status", "message")
@@ -27,7 +28,7 @@ class EvaluationSettings:
     seed: int = 0
 
 
-class CaseFailed(Exception):
+class CaseFailed(DiffensError):
     """A case cannot be evaluated; the message names its files and the fix."""
 
 

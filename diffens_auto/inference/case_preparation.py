@@ -36,12 +36,13 @@ from diffens_auto.preprocessing.inversion import invert_preprocessing
 from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normalize, params_from_lowres
 from diffens_auto.preprocessing.preprocessor import preprocess_arrays
 from diffens_auto.preprocessing.resampling import resample_data
-from diffens_auto.training.conditioning import task_background, task_normalization, task_volumes, upsample_to_grid
+from diffens_auto.tasks.conditioning import task_background, task_normalization, task_volumes, upsample_to_grid
+from diffens_auto.errors import DiffensError
 
 INPUT_GRIDS = ("lr", "hr")
 
 
-class CaseInputError(ValueError):
+class CaseInputError(DiffensError, ValueError):
     """A case's input images cannot be predicted as given; the message names the file and the fix."""
 
 

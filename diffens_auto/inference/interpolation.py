@@ -14,7 +14,7 @@ import torch
 
 from diffens_auto.imageio import read_image, write_image
 from diffens_auto.operators import highres_grid, operator_for
-from diffens_auto.training.conditioning import upsample_to_grid
+from diffens_auto.tasks.conditioning import upsample_to_grid
 
 
 def trilinear_upsample(lowres: np.ndarray, props: dict, degradation: dict) -> tuple[np.ndarray, dict]:

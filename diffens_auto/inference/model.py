@@ -17,21 +17,22 @@ from pathlib import Path
 import torch
 
 from diffens_auto import paths
-from diffens_auto.dataset.dataset_json import DatasetSpec, load_dataset_json
+from diffens_auto.dataset.dataset_json import DatasetSpec
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.diffusion.slicing import ExpertRunner
-from diffens_auto.inference.dataset_lookup import find_dataset_json
 from diffens_auto.diffusion.strategies import Windowed, build_strategy
+from diffens_auto.errors import DiffensError
+from diffens_auto.hashing import file_sha256
+from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint, model_from_checkpoint
+from diffens_auto.model_folder.files import PLANS_FILE, load_model_dataset_json, load_model_plans
+from diffens_auto.model_folder.location import ModelLocation, plans_names_in_results
+from diffens_auto.model_folder.recorded_experts import recorded_expert_files
 from diffens_auto.planning.plans_file import load_plans
-from diffens_auto.planning.plans_schema import validate_plans
-from diffens_auto.training.checkpoints import FINAL, file_sha256, load_checkpoint, model_from_checkpoint
-from diffens_auto.training.experts import fold_folder, recorded_expert_files
-from diffens_auto.training.model_folder import PLANS_FILE
 
 EXPERT_STRATEGIES = ("average", "tpdm")
 
 
-class PredictionSetupError(ValueError):
+class PredictionSetupError(DiffensError, ValueError):
     """A prediction request that cannot run as given (no such model, task, strategy, flag combination ...)."""
 
 
@@ -57,20 +58,23 @@ class TrainedModel:
         return self.plans["tasks"][self.task]
 
 
-def plans_names_in_results(dataset_results: Path, task: str) -> list[str]:
-    """Plans names that have a trained configuration of `task` (CONFIG__PLANS folders)."""
-    folder = dataset_results / task
-    if not folder.is_dir():
-        return []
-    return sorted({p.name.split("__", 1)[1] for p in folder.iterdir() if p.is_dir() and "__" in p.name})
+@dataclass(frozen=True)
+class LoadRequest:
+    """Which files a prediction loads: the location (configuration: what -c names), checkpoint, device, batch."""
+
+    location: ModelLocation
+    checkpoint: str
+    device: object
+    slice_batch_size: int
 
 
-def _plans_name(dataset_results: Path, dataset_name: str, task: str, plans_name: str | None) -> str:
+def _plans_name(dataset_results: Path, task: str, plans_name: str | None) -> str:
     if plans_name is not None:
         return plans_name
     found = plans_names_in_results(dataset_results, task)
     if len(found) == 1:
         return found[0]
+    dataset_name = dataset_results.name
     if not found:
         raise PredictionSetupError(
             f"No trained model of task '{task}' for {dataset_name} in {dataset_results}. Fix: train one "
@@ -80,59 +84,37 @@ def _plans_name(dataset_results: Path, dataset_name: str, task: str, plans_name:
                                f"with -p, e.g. -p {found[0]}.")
 
 
-def load_model_plans(model_folder: Path, dataset_name: str, plans_name: str) -> dict:
-    """The plans a configuration was trained with (its plans.json), else the preprocessed folder's plans file."""
-    path = model_folder / PLANS_FILE
-    if path.is_file():
-        plans = json.loads(path.read_text(encoding="utf-8"))
-        validate_plans(plans, source=str(path))
-        return plans
-    return load_plans(paths.preprocessed_folder() / dataset_name, plans_name)
-
-
-def load_model_dataset_json(model_folder: Path, dataset_name: str) -> DatasetSpec:
-    """The dataset.json a configuration was trained with (its copy), else the dataset's (`find_dataset_json`)."""
-    if (model_folder / "dataset.json").is_file():
-        return load_dataset_json(model_folder)
-    return find_dataset_json(dataset_name)
-
-
 def _first_ensembler(plans: dict) -> str | None:
     names = [n for n, c in plans["configurations"].items() if c["kind"] == "ensembler"]
     return names[0] if names else None
 
 
-def _trained(dataset_results: Path, task: str, configuration: str, plans_name: str, fold, checkpoint: str) -> bool:
-    return (fold_folder(dataset_results, task, configuration, plans_name, fold) / checkpoint).is_file()
-
-
-def default_configuration(dataset_results: Path, task: str, plans: dict, plans_name: str, fold,
-                          checkpoint: str) -> str:
+def default_configuration(location: ModelLocation, plans: dict, checkpoint: str) -> str:
     """The plans' first ensembler if trained (else the average of its experts), as `-c` left out means."""
     ensembler = _first_ensembler(plans)
-    if ensembler and _trained(dataset_results, task, ensembler, plans_name, fold, checkpoint):
+    if ensembler and location.with_configuration(ensembler).checkpoint(checkpoint).is_file():
         return ensembler
     return "average"
 
 
-def _expert_runner(checkpoint_path: Path, name: str, slice_batch_size: int, device,
-                   condition_indices=None) -> ExpertRunner:
+def _expert_runner(checkpoint_path: Path, name: str, request: LoadRequest, condition_indices=None) -> ExpertRunner:
     checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
     if checkpoint["kind"] != "expert":
         raise PredictionSetupError(f"{checkpoint_path} is a {checkpoint['kind']} checkpoint, not an expert.")
-    expert = model_from_checkpoint(checkpoint, "ema", device).requires_grad_(False)
-    return ExpertRunner.from_network(expert, checkpoint["network"], int(checkpoint["slice_axis"]), slice_batch_size,
-                                     condition_indices=condition_indices, name=name)
+    expert = model_from_checkpoint(checkpoint, "ema", request.device).requires_grad_(False)
+    return ExpertRunner.from_network(expert, checkpoint["network"], int(checkpoint["slice_axis"]),
+                                     request.slice_batch_size, condition_indices=condition_indices, name=name)
 
 
-def _missing_models_error(dataset_name, task, configurations, plans_name, fold, checkpoint) -> PredictionSetupError:
-    commands = "\n  ".join(f"diffens_train {dataset_name} {task} {c} -f {fold} -p {plans_name}"
-                           for c in configurations)
-    return PredictionSetupError(f"No {checkpoint} for {', '.join(configurations)} (task '{task}', fold {fold}, "
-                                f"plans {plans_name}). Fix: train them first:\n  {commands}")
+def _missing_models_error(request: LoadRequest, configurations) -> PredictionSetupError:
+    location, checkpoint = request.location, request.checkpoint
+    commands = "\n  ".join(f"diffens_train {location.dataset_name} {location.task} {c} -f {location.fold} "
+                           f"-p {location.plans_name}" for c in configurations)
+    return PredictionSetupError(f"No {checkpoint} for {', '.join(configurations)} (task '{location.task}', fold "
+                                f"{location.fold}, plans {location.plans_name}). Fix: train them first:\n  {commands}")
 
 
-def load_trained_model(dataset, task: str, configuration: str | None = None, fold=0, plans_name: str | None = None,
+def load_trained_model(dataset, task: str, configuration: str | None = None, fold=0, plans_name: str | None = None, *,
                        checkpoint: str = FINAL, device="cpu", experts: list[str] | None = None,
                        slice_batch_size: int | None = None, dataset_results: Path | None = None) -> TrainedModel:
     """Load a trained ensembler or build a strategy over trained experts, from diffens_results.
@@ -141,115 +123,110 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
     diffens_results/DATASET.
     """
     if dataset_results is None:
-        dataset_name = resolve_dataset_name(dataset)
-        dataset_results = paths.results_folder() / dataset_name
-    else:
-        dataset_results = Path(dataset_results)
-        dataset_name = dataset_results.name
-    plans_name = _plans_name(dataset_results, dataset_name, task, plans_name)
-    own = dataset_results / task / f"{configuration}__{plans_name}"
-    plans = (load_model_plans(own, dataset_name, plans_name) if configuration and (own / PLANS_FILE).is_file()
-             else _any_model_plans(dataset_results, dataset_name, task, plans_name))
+        dataset_results = paths.results_folder() / resolve_dataset_name(dataset)
+    dataset_results = Path(dataset_results)
+    plans_name = _plans_name(dataset_results, task, plans_name)
+    location = ModelLocation(dataset_results, task, configuration or "", plans_name, fold)
+    plans = (load_model_plans(location.model_folder, location.dataset_name, plans_name)
+             if configuration and (location.model_folder / PLANS_FILE).is_file() else _any_model_plans(location))
     if task not in plans["tasks"]:
         raise PredictionSetupError(f"-t {task}: no such task in plans {plans_name} (tasks: {sorted(plans['tasks'])}).")
     if configuration is None:
-        configuration = default_configuration(dataset_results, task, plans, plans_name, fold, checkpoint)
-    if experts and configuration not in EXPERT_STRATEGIES:
+        location = location.with_configuration(default_configuration(location, plans, checkpoint))
+    if experts and location.configuration not in EXPERT_STRATEGIES:
         raise PredictionSetupError(f"--experts {' '.join(experts)}: only -c average or -c tpdm combine chosen experts "
-                                   f"(-c {configuration} uses its own). Fix: add -c average, or leave --experts out.")
+                                   f"(-c {location.configuration} uses its own). Fix: add -c average, or leave "
+                                   "--experts out.")
     batch = int(slice_batch_size or plans.get("inference", {}).get("slice_batch_size", 16))
-    config = plans["configurations"].get(configuration)
+    request = LoadRequest(location, checkpoint, device, batch)
+    config = plans["configurations"].get(location.configuration)
     is_ensembler = (config is not None and config["kind"] == "ensembler") or (
-        config is None and configuration not in EXPERT_STRATEGIES
-        and _trained(dataset_results, task, configuration, plans_name, fold, checkpoint))
+        config is None and location.configuration not in EXPERT_STRATEGIES
+        and location.checkpoint(checkpoint).is_file())
     if is_ensembler:
-        return _load_ensembler(dataset_name, dataset_results, plans, plans_name, task, configuration, fold,
-                               checkpoint, device, batch)
-    return _load_expert_strategy(dataset_name, dataset_results, plans, plans_name, task, configuration, fold,
-                                 checkpoint, device, batch, experts)
+        return _load_ensembler(request, plans)
+    return _load_expert_strategy(request, plans, experts)
 
 
-def _any_model_plans(dataset_results: Path, dataset_name: str, task: str, plans_name: str) -> dict:
-    """Plans of any configuration of the task trained with `plans_name` (they are all the same file)."""
-    folders = sorted((dataset_results / task).glob(f"*__{plans_name}")) if (dataset_results / task).is_dir() else []
+def _any_model_plans(location: ModelLocation) -> dict:
+    """Plans of any configuration of the task trained with the location's plans (they are all the same file)."""
+    task_folder = location.dataset_results / location.task
+    folders = sorted(task_folder.glob(f"*__{location.plans_name}")) if task_folder.is_dir() else []
     for folder in folders:
         if (folder / PLANS_FILE).is_file():
-            return load_model_plans(folder, dataset_name, plans_name)
-    return load_plans(paths.preprocessed_folder() / dataset_name, plans_name)
+            return load_model_plans(folder, location.dataset_name, location.plans_name)
+    return load_plans(paths.preprocessed_folder() / location.dataset_name, location.plans_name)
 
 
 def _record(role: str, name: str, path: Path, sha256: str | None = None) -> dict:
     return {"role": role, "name": name, "path": str(path), "sha256": sha256 or file_sha256(path)}
 
 
-def _load_ensembler(dataset_name, dataset_results, plans, plans_name, task, configuration, fold, checkpoint,
-                    device, slice_batch_size) -> TrainedModel:
-    folder = fold_folder(dataset_results, task, configuration, plans_name, fold)
-    path = folder / checkpoint
+def _trained_model(request: LoadRequest, plans: dict, spec_configuration: str, parts: dict) -> TrainedModel:
+    """A TrainedModel of the request's location with the dataset.json of `spec_configuration`'s model folder."""
+    location = request.location
+    spec = load_model_dataset_json(location.with_configuration(spec_configuration).model_folder,
+                                   location.dataset_name)
+    return TrainedModel(location.dataset_name, location.plans_name, plans, spec, location.task,
+                        location.configuration, location.fold, parts["strategy"], parts["runners"],
+                        parts.get("ensembler"), parts["records"])
+
+
+def _load_ensembler(request: LoadRequest, plans: dict) -> TrainedModel:
+    location = request.location
+    path = location.checkpoint(request.checkpoint)
     if not path.is_file():
-        raise _missing_models_error(dataset_name, task, [configuration], plans_name, fold, checkpoint)
+        raise _missing_models_error(request, [location.configuration])
     state = load_checkpoint(path, map_location="cpu")
-    records, runners = [_record("ensembler", configuration, path)], {}
-    for expert, expert_path, sha256 in recorded_expert_files(state, dataset_results, configuration):
-        runners[expert["name"]] = _expert_runner(expert_path, expert["name"], slice_batch_size, device,
+    records, runners = [_record("ensembler", location.configuration, path)], {}
+    for expert, expert_path, sha256 in recorded_expert_files(state, location.dataset_results,
+                                                             location.configuration):
+        runners[expert["name"]] = _expert_runner(expert_path, expert["name"], request,
                                                  expert.get("condition_indices"))
         records.append(_record("expert", expert["name"], expert_path, sha256))
-    ensembler = model_from_checkpoint(state, "ema", device).requires_grad_(False)
+    ensembler = model_from_checkpoint(state, "ema", request.device).requires_grad_(False)
     strategy = build_strategy("learned", runners, ensembler)
     if state.get("patch_wise"):
         inference = plans.get("inference", {})
         strategy = Windowed(strategy, state["fine_tune_shape"], overlap=inference.get("sliding_window_overlap", 0.5),
                             sigma_scale=inference.get("gaussian_sigma_scale", 0.125))
-    return TrainedModel(dataset_name, plans_name, plans, _dataset_spec(dataset_results, task, configuration,
-                                                                       plans_name, dataset_name),
-                        task, configuration, fold, strategy, runners, ensembler, records)
+    return _trained_model(request, plans, location.configuration,
+                          {"strategy": strategy, "runners": runners, "ensembler": ensembler, "records": records})
 
 
-def _dataset_spec(dataset_results, task, configuration, plans_name, dataset_name) -> DatasetSpec:
-    return load_model_dataset_json(dataset_results / task / f"{configuration}__{plans_name}", dataset_name)
-
-
-def _load_expert_strategy(dataset_name, dataset_results, plans, plans_name, task, configuration, fold, checkpoint,
-                          device, slice_batch_size, experts) -> TrainedModel:
+def _strategy_experts(request: LoadRequest, plans: dict, experts) -> list[str]:
+    """The expert configurations an expert strategy (-c EXPERT, average, tpdm) runs; refused when unknown."""
+    configuration, plans_name = request.location.configuration, request.location.plans_name
     config = plans["configurations"].get(configuration)
     if config is not None and config["kind"] == "expert":
-        names = [configuration]
-    elif configuration in EXPERT_STRATEGIES:
-        ensembler = _first_ensembler(plans)
-        names = list(experts) if experts else list(plans["configurations"][ensembler]["experts"]) if ensembler else []
-        unknown = [n for n in names if plans["configurations"].get(n, {}).get("kind") != "expert"]
-        known = sorted(n for n, c in plans["configurations"].items() if c["kind"] == "expert")
-        if not names:
-            raise PredictionSetupError(f"-c {configuration}: plans {plans_name} have no ensembler whose experts it "
-                                       f"could combine. Fix: name them with --experts (experts: {known}).")
-        if unknown:
-            raise PredictionSetupError(f"--experts {unknown}: not expert configurations of plans {plans_name} "
-                                       f"(experts: {known}).")
-    else:
+        return [configuration]
+    if configuration not in EXPERT_STRATEGIES:
         known = sorted(plans["configurations"]) + list(EXPERT_STRATEGIES)
-        raise PredictionSetupError(f"-c {configuration}: neither a trained configuration of task '{task}' nor a "
-                                   f"strategy. Choose one of {known} (or a trained fusion ensembler's name).")
-    checkpoints = {n: fold_folder(dataset_results, task, n, plans_name, fold) / checkpoint for n in names}
+        raise PredictionSetupError(f"-c {configuration}: neither a trained configuration of task "
+                                   f"'{request.location.task}' nor a strategy. Choose one of {known} (or a trained "
+                                   "fusion ensembler's name).")
+    ensembler = _first_ensembler(plans)
+    names = list(experts) if experts else list(plans["configurations"][ensembler]["experts"]) if ensembler else []
+    unknown = [n for n in names if plans["configurations"].get(n, {}).get("kind") != "expert"]
+    known = sorted(n for n, c in plans["configurations"].items() if c["kind"] == "expert")
+    if not names:
+        raise PredictionSetupError(f"-c {configuration}: plans {plans_name} have no ensembler whose experts it "
+                                   f"could combine. Fix: name them with --experts (experts: {known}).")
+    if unknown:
+        raise PredictionSetupError(f"--experts {unknown}: not expert configurations of plans {plans_name} "
+                                   f"(experts: {known}).")
+    return names
+
+
+def _load_expert_strategy(request: LoadRequest, plans: dict, experts) -> TrainedModel:
+    location = request.location
+    names = _strategy_experts(request, plans, experts)
+    checkpoints = {n: location.with_configuration(n).checkpoint(request.checkpoint) for n in names}
     missing = [n for n, p in checkpoints.items() if not p.is_file()]
     if missing:
-        raise _missing_models_error(dataset_name, task, missing, plans_name, fold, checkpoint)
-    runners = {n: _expert_runner(p, n, slice_batch_size, device) for n, p in checkpoints.items()}
-    strategy = build_strategy(names[0] if len(names) == 1 and configuration not in EXPERT_STRATEGIES
-                              else configuration, runners)
+        raise _missing_models_error(request, missing)
+    runners = {n: _expert_runner(p, n, request) for n, p in checkpoints.items()}
+    single = len(names) == 1 and location.configuration not in EXPERT_STRATEGIES
+    strategy = build_strategy(names[0] if single else location.configuration, runners)
     records = [_record("expert", n, p) for n, p in checkpoints.items()]
-    return TrainedModel(dataset_name, plans_name, plans, _dataset_spec(dataset_results, task, names[0], plans_name,
-                                                                       dataset_name),
-                        task, configuration, fold, strategy, runners, None, records)
-
-
-def parse_model_folder(model_folder: str | Path) -> dict:
-    """{dataset_results, task, configuration, plans_name} of a DatasetXXX/TASK/CONFIG__PLANS folder."""
-    folder = Path(model_folder).resolve()
-    if folder.name.startswith("fold_"):
-        folder = folder.parent
-    configuration, sep, plans_name = folder.name.partition("__")
-    if not sep or not folder.parent.parent.name.startswith("Dataset"):
-        raise PredictionSetupError(f"{model_folder}: not a model folder. Fix: give .../DatasetXXX_Name/TASK/"
-                                   "CONFIG__PLANS (e.g. Dataset900_DemoBrain/sr/3d_ensembler__diffensPlans).")
-    return {"dataset_results": folder.parent.parent, "task": folder.parent.name, "configuration": configuration,
-            "plans_name": plans_name}
+    return _trained_model(request, plans, names[0], {"strategy": strategy, "runners": runners, "records": records})

@@ -24,21 +24,24 @@ from typing import Mapping
 import numpy as np
 import torch
 
-import diffens_auto
-from diffens_auto.devices import check_device
-from diffens_auto.atomic import atomic_write_json
-from diffens_auto.diffusion import sample, sampler_from_plans
-from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
-from diffens_auto.inference.case_preparation import INPUT_GRIDS, PreparedCase, finish_case, prepare_case, unpad
-from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
-from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model, parse_model_folder
-from diffens_auto.inference.previews import write_preview
-from diffens_auto.inference.summary import PredictionSummary
-from diffens_auto.operators import operator_for
-from diffens_auto.training.checkpoints import FINAL
-from diffens_auto.training.conditioning import target_from_y0
+from tqdm.auto import tqdm
 
-SAMPLERS = ("ddim", "ddpm")
+import diffens_auto
+from diffens_auto.atomic import atomic_write_json
+from diffens_auto.devices import check_device
+from diffens_auto.diffusion import sample, sampler_from_plans
+from diffens_auto.errors import DiffensError
+from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
+from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case, unpad
+from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
+from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model
+from diffens_auto.inference.previews import write_preview
+from diffens_auto.inference.sampling_settings import SamplingSettings
+from diffens_auto.inference.summary import PredictionSummary
+from diffens_auto.model_folder.checkpoints import FINAL
+from diffens_auto.model_folder.location import ModelFolderError, ModelLocation
+from diffens_auto.operators import operator_for
+from diffens_auto.tasks.conditioning import target_from_y0, y0_from_target
 
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
@@ -72,60 +75,52 @@ def remove_stale_temporary_files(folder: Path) -> list[Path]:
 class DiffensPredictor:
     """Sampling settings plus a loaded model; predicts volumes, case files and folders."""
 
-    def __init__(self, steps: int | None = None, sampler: str | None = None, eta: float | None = None, seed: int = 0,
-                 num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr", device="cpu",
-                 slice_batch_size: int | None = None, progress: bool = True, previews: bool = False):
+    def __init__(self, *, steps: int | None = None, sampler: str | None = None, eta: float | None = None,
+                 seed: int = 0, num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr",
+                 device="cpu", slice_batch_size: int | None = None, progress: bool = True, previews: bool = False):
         """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
-        if eta is not None and not eta >= 0:
-            raise PredictionSetupError(f"--eta {eta}: DDIM's eta is >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
-        if eta is not None and sampler == "ddpm":
-            raise PredictionSetupError("--eta applies to the ddim sampler only; leave it out with --sampler ddpm.")
-        if slice_batch_size is not None and slice_batch_size < 1:
-            raise PredictionSetupError(f"--slice_batch_size {slice_batch_size}: give at least 1.")
-        if sampler is not None and sampler not in SAMPLERS:
-            raise PredictionSetupError(f"--sampler {sampler}: use one of {SAMPLERS}.")
-        if input_grid not in INPUT_GRIDS:
-            raise PredictionSetupError(f"--input_grid {input_grid}: use one of {INPUT_GRIDS}.")
-        if num_samples < 1:
-            raise PredictionSetupError(f"--num_samples {num_samples}: give at least 1.")
-        if steps is not None and steps < 1:
-            raise PredictionSetupError(f"--steps {steps}: give at least 1.")
-        self.steps, self.sampler_name, self.eta, self.seed = steps, sampler, eta, int(seed)
-        self.num_samples, self.consistency_setting, self.input_grid = int(num_samples), consistency, input_grid
-        self.consistency = True if consistency is None else bool(consistency)
+        self.sampling = SamplingSettings(steps=steps, sampler=sampler, eta=eta, seed=int(seed),
+                                         num_samples=int(num_samples),
+                                         consistency=consistency, input_grid=input_grid,
+                                         slice_batch_size=slice_batch_size)
+        self.consistency = True if consistency is None else bool(consistency)   # the plans' once a model is loaded
         self.device = check_device(device, PredictionSetupError)
-        self.slice_batch_size, self.progress, self.previews = slice_batch_size, progress, previews
+        self.progress, self.previews = progress, previews
         self.model: TrainedModel | None = None
         self.sampler = None
 
     # ------------------------------------------------------------------ model
 
     def initialize_from_trained_model(self, dataset, task: str, configuration: str | None = None, fold=0,
-                                      plans_name: str | None = None, checkpoint: str = FINAL,
+                                      plans_name: str | None = None, *, checkpoint: str = FINAL,
                                       experts: list[str] | None = None) -> "DiffensPredictor":
         """Load a trained model from diffens_results (see inference/model.py for what -c may name)."""
-        model = load_trained_model(dataset, task, configuration, fold, plans_name, checkpoint, self.device,
-                                   experts, self.slice_batch_size)
+        model = load_trained_model(dataset, task, configuration, fold, plans_name, checkpoint=checkpoint,
+                                   device=self.device, experts=experts, slice_batch_size=self.sampling.slice_batch_size)
         return self.use_model(model)
 
     def initialize_from_trained_model_folder(self, model_folder, fold=0, checkpoint: str = FINAL,
                                              experts: list[str] | None = None) -> "DiffensPredictor":
         """Load the model of a DatasetXXX/TASK/CONFIG__PLANS folder anywhere on disk (e.g. an unpacked zip)."""
-        parts = parse_model_folder(model_folder)
-        model = load_trained_model(None, parts["task"], parts["configuration"], fold, parts["plans_name"], checkpoint,
-                                   self.device, experts, self.slice_batch_size, parts["dataset_results"])
+        try:
+            location = ModelLocation.parse(model_folder, fold)
+        except ModelFolderError as e:
+            raise PredictionSetupError(str(e)) from None
+        model = load_trained_model(None, location.task, location.configuration, location.fold,
+                                   location.plans_name, checkpoint=checkpoint, device=self.device, experts=experts,
+                                   slice_batch_size=self.sampling.slice_batch_size, dataset_results=location.dataset_results)
         return self.use_model(model)
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":
         """Use an already loaded model (validation after training loads its own)."""
         diffusion = dict(model.plans["diffusion"])
-        if self.sampler_name is not None:
-            diffusion["sampler"] = self.sampler_name
-        if self.eta is not None:
-            diffusion["eta"] = float(self.eta)
+        if self.sampling.sampler is not None:
+            diffusion["sampler"] = self.sampling.sampler
+        if self.sampling.eta is not None:
+            diffusion["eta"] = float(self.sampling.eta)
         self.model = model
-        self.sampler = sampler_from_plans(diffusion, num_steps=self.steps)
-        if self.consistency_setting is None:
+        self.sampler = sampler_from_plans(diffusion, num_steps=self.sampling.steps)
+        if self.sampling.consistency is None:
             self.consistency = bool(diffusion.get("consistency_projection", True))
         return self
 
@@ -145,8 +140,8 @@ class DiffensPredictor:
             "fold": model.fold, "plans_name": model.plans_name,
             "plans_sha256": hashlib.sha256(plans_bytes).hexdigest(),
             "checkpoints": model.checkpoints,
-            "sampler": repr(self.sampler), "steps": len(self.sampler.timesteps), "seed": self.seed,
-            "num_samples": self.num_samples, "consistency": self.consistency, "input_grid": self.input_grid,
+            "sampler": repr(self.sampler), "steps": len(self.sampler.timesteps), "seed": self.sampling.seed,
+            "num_samples": self.sampling.num_samples, "consistency": self.consistency, "input_grid": self.sampling.input_grid,
             "device": str(self.device),
         }
 
@@ -160,14 +155,13 @@ class DiffensPredictor:
         operator = operator_for(task_plans["degradation"])
         condition = case.condition.to(self.device)
         measurement = case.measurement.to(self.device)
-        residual = task_plans["parametrization"] == "epsilon_residual"
 
         def hook(x0_hat, t):
             target = target_from_y0(x0_hat, condition, task_plans)
             region = tuple(slice(a, n - b) for (a, b), n in zip(case.pads, target.shape[2:]))
             projected = target.clone()
             projected[(..., *region)] = operator.project(target[(..., *region)], measurement.to(target.dtype))
-            return (projected - condition[:, -1:]) / 2 if residual else projected
+            return y0_from_target(projected, condition, task_plans)
         return hook
 
     def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
@@ -177,8 +171,8 @@ class DiffensPredictor:
         condition = case.condition.to(self.device)
         hook = self._x0_hook(case)
         outputs = []
-        for i in range(self.num_samples):
-            y0 = sample(model.strategy, self.sampler, (1, 1, *case.shape), condition, seed=self.seed + i,
+        for i in range(self.sampling.num_samples):
+            y0 = sample(model.strategy, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
                         x0_hook=hook, progress=self.progress, device=self.device)
             target = unpad(target_from_y0(y0, condition, task_plans), case.pads)[0, 0]
             outputs.append(finish_case(target.float().cpu().numpy(), case, task_plans, self.consistency))
@@ -188,7 +182,7 @@ class DiffensPredictor:
                        files: Mapping | None = None):
         """(mean, std or None, output props, PreparedCase) for canonical input arrays by dataset channel."""
         model = self._require_model()
-        case = prepare_case(arrays, props, model.plans, model.task, self.input_grid, case_id, files,
+        case = prepare_case(arrays, props, model.plans, model.task, self.sampling.input_grid, case_id, files,
                             self.consistency)
         samples = self.sample_case(case)
         stacked = np.stack(samples)
@@ -214,7 +208,7 @@ class DiffensPredictor:
         """The files one case writes: the prediction, the std map (num_samples > 1) and the preview (--previews)."""
         ending = self._require_model().dataset_spec.file_ending
         out = {"prediction": output_folder / f"{case_id}{ending}"}
-        if self.num_samples > 1:
+        if self.sampling.num_samples > 1:
             out["std"] = output_folder / f"{case_id}_std{ending}"
         if self.previews:
             out["preview"] = output_folder / f"{case_id}.png"
@@ -235,7 +229,7 @@ class DiffensPredictor:
         write_image(mean, output_props, outputs["prediction"])    # last: its presence means the case is done
         return outputs
 
-    def predict_from_files(self, input_folder, output_folder, continue_prediction: bool = False,
+    def predict_from_files(self, input_folder, output_folder, continue_prediction: bool = False, *,
                            num_parts: int = 1, part_id: int = 0) -> dict:
         """Predict every case of `input_folder` into `output_folder`; returns the summary (also written there).
 
@@ -255,13 +249,12 @@ class DiffensPredictor:
         summary = PredictionSummary(output_folder, num_parts, part_id)
         settings = {**self.settings(), "input_folder": str(input_folder), "output_folder": str(output_folder),
                     "continue_prediction": continue_prediction, "num_parts": num_parts, "part_id": part_id,
-                    "previews": self.previews, "slice_batch_size": self.slice_batch_size}
+                    "previews": self.previews, "slice_batch_size": self.sampling.slice_batch_size}
         if continue_prediction:
             check_same_settings(summary.settings_file, settings)
         if num_parts == 1:      # parts share the folder: another part's write in progress must not be removed
             remove_stale_temporary_files(output_folder)
         atomic_write_json(settings, summary.settings_file)
-        from tqdm.auto import tqdm
         for case in tqdm(cases, desc="cases", unit="case", disable=not self.progress):
             outputs = self.output_paths(output_folder, case.case_id)
             if continue_prediction and all(p.is_file() for p in outputs.values()):
@@ -276,7 +269,7 @@ class DiffensPredictor:
                 raise
             except Exception as e:   # one bad case never stops the batch: it is reported in the summary
                 message = f"{type(e).__name__}: {e}"
-                if not isinstance(e, (ValueError, ImageReadError, OSError)):
+                if not isinstance(e, (DiffensError, ValueError, OSError)):
                     message += "\n" + traceback.format_exc(limit=-3)
                 summary.add(case.case_id, "failed", message, time.time() - started, outputs, case.files)
             summary.write()

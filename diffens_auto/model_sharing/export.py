@@ -17,7 +17,6 @@ Manifest: {"format_version", "diffens_auto_version", "created" (UTC, ISO 8601), 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -25,21 +24,24 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+import diffens_auto
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_path
 from diffens_auto.dataset.naming import resolve_dataset_name
-from diffens_auto.training.checkpoints import FINAL, load_checkpoint
-from diffens_auto.training.experts import ExpertMismatchError, recorded_expert_files
-from diffens_auto.training.model_folder import DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE
+from diffens_auto.errors import DiffensError
+from diffens_auto.hashing import copy_with_sha256
+from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
+from diffens_auto.model_folder.files import DATASET_FILE, MODEL_FILES, PLANS_FILE
+from diffens_auto.model_folder.location import FOLD_PREFIX, model_folders
+from diffens_auto.model_folder.recorded_experts import ExpertMismatchError, recorded_expert_files
 
 MANIFEST_FILE = "diffens_model_manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 REQUIRED_MODEL_FILES = (PLANS_FILE, DATASET_FILE)
 VALIDATION_SUMMARY = PurePosixPath("validation") / "summary.json"
-_BLOCK = 1 << 20
 
 
-class ModelSharingError(ValueError):
+class ModelSharingError(DiffensError, ValueError):
     """A model cannot be exported or installed as asked; the message names the file and the fix."""
 
 
@@ -64,33 +66,11 @@ def safe_member_path(name: str, where: str) -> PurePosixPath:
     return path
 
 
-def package_version() -> str:
-    """The installed diffens_auto version (the package's __version__, else its distribution metadata)."""
-    import diffens_auto
-    version = getattr(diffens_auto, "__version__", None)
-    if version:
-        return str(version)
-    from importlib import metadata
-    try:
-        return metadata.version("diffens_auto")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _fold_name(fold) -> str:
-    return f"fold_{fold}"
-
-
 def _model_folders(dataset_results: Path, tasks, configurations, plans_name) -> list[tuple[str, str, str, Path]]:
     """(task, configuration, plans, folder) of every TASK/CONFIG__PLANS folder that matches the filters."""
-    found = []
-    for task_folder in sorted(p for p in dataset_results.iterdir() if p.is_dir()):
-        for folder in sorted(p for p in task_folder.iterdir() if p.is_dir() and "__" in p.name):
-            configuration, _, plans = folder.name.partition("__")
-            if ((tasks is None or task_folder.name in tasks) and (plans_name is None or plans == plans_name)
-                    and (configurations is None or configuration in configurations)):
-                found.append((task_folder.name, configuration, plans, folder))
-    return found
+    return [(m.task, m.configuration, m.plans_name, m.model_folder) for m in model_folders(dataset_results)
+            if (tasks is None or m.task in tasks) and (plans_name is None or m.plans_name == plans_name)
+            and (configurations is None or m.configuration in configurations)]
 
 
 def select_folds(dataset_name: str, tasks=None, configurations=None, folds=(0,), plans_name=None,
@@ -109,7 +89,7 @@ def select_folds(dataset_name: str, tasks=None, configurations=None, folds=(0,),
     selected, missing = [], []
     for task, configuration, plans, folder in models:
         for fold in folds:
-            fold_folder = folder / _fold_name(fold)
+            fold_folder = folder / f"{FOLD_PREFIX}{fold}"
             absent = [c for c in checkpoints if not (fold_folder / c).is_file()]
             if not absent:
                 selected.append(ExportedFold(task, configuration, plans, str(fold), fold_folder))
@@ -126,7 +106,8 @@ def select_folds(dataset_name: str, tasks=None, configurations=None, folds=(0,),
 
 
 def _trained_list(dataset_results: Path) -> str:
-    names = sorted(str(p.parent.relative_to(dataset_results)) for p in dataset_results.glob(f"*/*/fold_*/{FINAL}"))
+    names = sorted(str(p.parent.relative_to(dataset_results))
+                   for p in dataset_results.glob(f"*/*/{FOLD_PREFIX}*/{FINAL}"))
     return ", ".join(names) or "nothing"
 
 
@@ -138,7 +119,7 @@ def _model_json_files(model_folder: Path, required: bool) -> list[Path]:
                                         "Fix: run its diffens_train command once more with --c (it writes the model "
                                         "folder's json files), or copy it from diffens_preprocessed/DATASET (the plans file "
                                         "PLANS.json becomes plans.json).")
-    return [model_folder / n for n in (PLANS_FILE, DATASET_FILE, FINGERPRINT_FILE) if (model_folder / n).is_file()]
+    return [model_folder / n for n in MODEL_FILES if (model_folder / n).is_file()]
 
 
 def _fold_files(fold: ExportedFold, checkpoints: Sequence[str]) -> list[Path]:
@@ -188,13 +169,8 @@ def _write_member(archive: zipfile.ZipFile, source: Path, name: str) -> tuple[in
     """Copy `source` into the archive as `name` (deflated), hashing the bytes written; returns (size, SHA-256)."""
     info = zipfile.ZipInfo.from_file(source, name)
     info.compress_type = zipfile.ZIP_DEFLATED
-    digest, size = hashlib.sha256(), 0
     with open(source, "rb") as f, archive.open(info, "w") as member:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-            member.write(block)
-            size += len(block)
-    return size, digest.hexdigest()
+        return copy_with_sha256(f, member)
 
 
 def export_model_to_zip(dataset, output_file, tasks: Sequence[str] | None = None,
@@ -223,7 +199,7 @@ def export_model_to_zip(dataset, output_file, tasks: Sequence[str] | None = None
                                             "again once nothing writes to the results folder.")
                 listed.append({"path": name, "size": size, "sha256": sha256})
             manifest = {
-                "format_version": MANIFEST_FORMAT_VERSION, "diffens_auto_version": package_version(),
+                "format_version": MANIFEST_FORMAT_VERSION, "diffens_auto_version": diffens_auto.__version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "dataset_name": dataset_name,
                 "models": [{"task": f.task, "configuration": f.configuration, "plans": f.plans_name,
                             "fold": f.fold, "checkpoints": list(checkpoints)} for f in selected],

@@ -10,7 +10,6 @@ packing information and is not installed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -18,11 +17,9 @@ from pathlib import Path, PurePosixPath
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_path
 from diffens_auto.dataset.naming import DatasetNotFoundError, dataset_id
+from diffens_auto.hashing import copy_with_sha256, file_sha256
 from diffens_auto.model_sharing.export import (MANIFEST_FILE, MANIFEST_FORMAT_VERSION, ModelSharingError,
                                               safe_member_path)
-from diffens_auto.training.checkpoints import file_sha256
-
-_BLOCK = 1 << 20
 
 
 def read_manifest(archive: zipfile.ZipFile, zip_file: Path) -> dict:
@@ -86,12 +83,9 @@ def _extract_verified(archive: zipfile.ZipFile, name: str, entry: dict, tmp: Pat
     if archive.getinfo(name).file_size != entry["size"]:
         raise ModelSharingError(f"{zip_file}: {name} is {archive.getinfo(name).file_size} bytes, the manifest says "
                                 f"{entry['size']}. The zip is damaged or was altered. Fix: get the zip again.")
-    digest = hashlib.sha256()
     with archive.open(name) as member, open(tmp, "wb") as out:
-        for block in iter(lambda: member.read(_BLOCK), b""):
-            digest.update(block)
-            out.write(block)
-    if digest.hexdigest() != entry["sha256"]:
+        _, sha256 = copy_with_sha256(member, out)
+    if sha256 != entry["sha256"]:
         raise ModelSharingError(f"{zip_file}: {name} does not match the manifest's SHA-256 (the zip is damaged or "
                                 "was altered); nothing was installed. Fix: get the zip again.")
 

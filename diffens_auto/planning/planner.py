@@ -9,6 +9,7 @@ from .presets import Preset, get_preset
 from .topology import (EXPERT_PLANES, PLANE_NAMES, axis_multiples, choose_num_levels, ensembler_in_channels,
                        ensembler_network, expert_in_channels, expert_network, extent_at_spacing,
                        feature_injection, round_up, target_spacing_for)
+from diffens_auto.errors import DiffensError
 
 ENSEMBLERS = {"3d_ensembler": False, "3d_ensembler_small": True}   # configuration -> small variant
 RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
@@ -17,7 +18,7 @@ SLIDING_WINDOW_OVERLAP = 0.5
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
-class PlanningError(ValueError):
+class PlanningError(DiffensError, ValueError):
     """Raised when the inputs cannot be planned (malformed tasks, or nothing fits the memory budget)."""
 
 

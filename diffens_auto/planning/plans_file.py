@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 
 from diffens_auto.planning.plans_schema import PlansError, validate_plans
+from diffens_auto.errors import DiffensError
 
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
 
 
-class PlansNotFoundError(LookupError):
+class PlansNotFoundError(DiffensError, LookupError):
     """The plans file a command needs is missing or ambiguous."""
 
 

@@ -1,5 +1,7 @@
 """What a plans file must contain, and a check later stages run before they trust one."""
 
+from diffens_auto.errors import DiffensError
+
 REQUIRED_TOP_LEVEL = (
     "plans_name", "preset", "data_identifier", "dataset_name", "channel_names", "dtype", "target_spacing", "crop_size",
     "gpu_memory_target_gb", "resampling", "normalization", "diffusion", "tasks", "configurations",
@@ -16,7 +18,7 @@ REQUIRED_NETWORK = ("spatial_dims", "in_channels", "out_channels", "channels", "
                     "attention_levels", "num_head_channels", "time_embed_dim", "norm_num_groups")
 
 
-class PlansError(ValueError):
+class PlansError(DiffensError, ValueError):
     """Raised for a plans file that lacks what the pipeline needs."""
 
 

@@ -6,6 +6,7 @@ allowance). Values marked "paper" come from Diff-Ensembler Tab. 7, 9, 10, 11; "p
 authors' released code (see METHOD.md).
 """
 from dataclasses import dataclass, field, replace
+from diffens_auto.errors import DiffensError
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ DEFAULT = Preset(
                      "num_epochs": 1000, "iterations_per_epoch": 250, "val_iterations": 50,
                      "checkpoint_every": 50},
     ensembler_training={"lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "ema_decay": 0.9999,
-                        "num_epochs": 600, "pretrain_epochs": 400, "finetune_epochs": 200,
+                        "pretrain_epochs": 400, "finetune_epochs": 200,
                         "iterations_per_epoch": 250, "val_iterations": 25, "checkpoint_every": 50},
 )
 
@@ -116,15 +117,14 @@ TINY = replace(
     num_inference_steps=10,
     expert_training={**DEFAULT.expert_training, "lr": 5e-4, "ema_decay": 0.99, "num_epochs": 2,
                      "iterations_per_epoch": 10, "val_iterations": 2, "checkpoint_every": 1},
-    ensembler_training={**DEFAULT.ensembler_training, "lr": 5e-4, "ema_decay": 0.99, "num_epochs": 2,
-                        "pretrain_epochs": 1, "finetune_epochs": 1, "iterations_per_epoch": 5, "val_iterations": 1,
-                        "checkpoint_every": 1},
+    ensembler_training={**DEFAULT.ensembler_training, "lr": 5e-4, "ema_decay": 0.99, "pretrain_epochs": 1,
+                        "finetune_epochs": 1, "iterations_per_epoch": 5, "val_iterations": 1, "checkpoint_every": 1},
 )
 
 PRESETS: dict[str, Preset] = {"default": DEFAULT, "tiny": TINY}
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(DiffensError, ValueError):
     """Raised for a preset name the planner does not know."""
 
 

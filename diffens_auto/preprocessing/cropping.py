@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+from diffens_auto.errors import DiffensError
 
 BoundingBox = list[list[int]]  # [[lo, hi), ...] per spatial axis (X, Y, Z)
 
 
-class EmptyCaseError(ValueError):
+class EmptyCaseError(DiffensError, ValueError):
     """Every voxel of every channel of a case is zero, so it has no foreground."""
 
 

@@ -16,6 +16,7 @@ from diffens_auto.fingerprint import load_or_extract_fingerprint
 from diffens_auto.planning import plan_experiment
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.preprocessing.preprocessor import preprocess_dataset
+from diffens_auto.errors import MissingFileError
 
 
 def _raw_dataset(dataset: str | int) -> tuple[str, DatasetSpec]:
@@ -50,7 +51,7 @@ def plan_dataset(dataset: str | int, preset: str = "default", gpu_memory_target_
     out = paths.preprocessed_folder() / name
     fingerprint_file = out / "dataset_fingerprint.json"
     if not fingerprint_file.is_file():
-        raise FileNotFoundError(f"{fingerprint_file} not found. Fix: run diffens_extract_fingerprint -d {dataset} "
+        raise MissingFileError(f"{fingerprint_file} not found. Fix: run diffens_extract_fingerprint -d {dataset} "
                                 "(or diffens_plan_and_preprocess, which does every step).")
     fingerprint = json.loads(fingerprint_file.read_text())
     plans = plan_experiment(fingerprint, tasks_for_planner(spec), spec.channel_names, name,

@@ -32,11 +32,12 @@ from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_
 from diffens_auto.workers import map_in_workers
 from diffens_auto.preprocessing.resampling import (compute_new_shape, extend_foreground, foreground_at_spacing,
                                                    resample_data, separate_z_axis)
+from diffens_auto.errors import DiffensError
 
 DEFAULT_RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
 
 
-class PreprocessingError(RuntimeError):
+class PreprocessingError(DiffensError, RuntimeError):
     """One or more cases could not be preprocessed; the message names each case, its files and the cause."""
 
 

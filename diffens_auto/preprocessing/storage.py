@@ -20,6 +20,7 @@ import blosc2
 import numpy as np
 
 from diffens_auto.atomic import atomic_path, atomic_write_json
+from diffens_auto.errors import MissingFileError
 
 CHUNK_EDGE = 64
 BLOCK_EDGE = 16
@@ -76,7 +77,7 @@ def load_properties(folder: str | Path, case_id: str) -> dict:
     """Return the properties of a finished case."""
     path = case_paths(folder, case_id)["properties"]
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: case {case_id} is not preprocessed in {Path(folder)}. "
+        raise MissingFileError(f"{path} not found: case {case_id} is not preprocessed in {Path(folder)}. "
                                 "Fix: run diffens_plan_and_preprocess (or diffens_preprocess) for this dataset.")
     return json.loads(path.read_text(encoding="utf-8"))
 

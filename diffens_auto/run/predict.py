@@ -58,15 +58,21 @@ def predict_entry() -> None:
 
     def work():
         from diffens_auto.inference.predictor import DiffensPredictor
-        from diffens_auto.training.trainer import parse_fold
-        predictor = DiffensPredictor(args.steps, args.sampler, args.eta, args.seed, args.num_samples,
-                                     False if args.no_consistency else None, args.input_grid, args.device,
-                                     args.slice_batch_size,
+        from diffens_auto.inference.model import PredictionSetupError
+        from diffens_auto.model_folder.location import ModelFolderError, parse_fold
+        try:
+            fold = parse_fold(args.fold)
+        except ModelFolderError as e:
+            raise PredictionSetupError(str(e)) from None
+        predictor = DiffensPredictor(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                                     num_samples=args.num_samples,
+                                     consistency=False if args.no_consistency else None, input_grid=args.input_grid,
+                                     device=args.device, slice_batch_size=args.slice_batch_size,
                                      progress=not args.quiet, previews=args.previews)
-        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, parse_fold(args.fold),
-                                                args.plans, args.checkpoint, args.experts)
+        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, fold, args.plans,
+                                                checkpoint=args.checkpoint, experts=args.experts)
         summary = predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
-                                               args.num_parts, args.part_id)
+                                               num_parts=args.num_parts, part_id=args.part_id)
         print(f"{summary['done']} predicted, {summary['skipped']} skipped, {summary['failed']} failed "
               f"-> {args.output_folder}")
         for row in summary["cases"]:

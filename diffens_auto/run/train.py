@@ -48,42 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def is_main_process() -> bool:
-    """False in the ranks > 0 of a torchrun job (they train, but only rank 0 reports)."""
-    from diffens_auto.paths import distributed_environment
-    environment = distributed_environment()
-    return environment is None or environment["rank"] == 0
-
-
 def train_entry() -> None:
-    """diffens_train: train one configuration (an expert or an ensembler) of one task and fold."""
+    """diffens_train: train one configuration (an expert or an ensembler) of one task and fold, then validate it."""
     args = _parser().parse_args()
 
     def work():
-        from diffens_auto.training.trainer import TrainingSetupError, train
-        for value, flag in ((args.epochs, "--epochs"), (args.iterations_per_epoch, "--iterations_per_epoch")):
-            if value is not None and value < 1:
-                raise TrainingSetupError(f"{flag} {value}: give a positive number.")
-        if args.val_steps is not None and args.val_steps < 1:
-            raise TrainingSetupError(f"--val_steps {args.val_steps}: give at least 1.")
+        from diffens_auto.training.run_spec import TrainingSetupError
+        from diffens_auto.workflows.train import check_counts, train
+        from diffens_auto.workflows.validation import validate_model, validation_report
+        check_counts(args.epochs, args.iterations_per_epoch, args.val_steps)
         if args.val and args.no_val:
             raise TrainingSetupError("--val (only validate) and --no_val (do not validate) exclude each other.")
-        if not args.val:
-            folder = train(args.dataset, args.task, args.configuration, args.fold, args.plans,
-                           args.continue_training, args.device, args.epochs, args.iterations_per_epoch,
-                           args.experts, args.name, args.seed, num_gpus=args.num_gpus)
-            if is_main_process():
-                print(f"Trained model in {folder}")
-        if is_main_process() and not args.no_val:
-            from diffens_auto.inference.validation import validate_model
-            from diffens_auto.training.trainer import parse_fold
-            summary = validate_model(args.dataset, args.task, args.name or args.configuration,
-                                     parse_fold(args.fold), args.plans, args.checkpoint, args.val_steps,
-                                     args.seed, args.device)
-            mean = {k: (round(v, 4) if v is not None else None) for k, v in summary["mean"].items()}
-            failed = [r["case"] for r in summary["cases"] if r["status"] == "failed"]
-            print(f"Validation ({len(summary['cases'])} cases, {summary['steps']} steps): {mean}"
-                  + (f"; FAILED: {failed}" if failed else ""))
+        if args.val:
+            summary = validate_model(args.dataset, args.task, args.name or args.configuration, args.fold, args.plans,
+                                     checkpoint=args.checkpoint, steps=args.val_steps, seed=args.seed,
+                                     device=args.device)
+            print(validation_report(summary))
+            return
+        train(args.dataset, args.task, args.configuration, args.fold, args.plans,
+                       continue_training=args.continue_training, device=args.device, num_epochs=args.epochs,
+                       iterations_per_epoch=args.iterations_per_epoch, experts=args.experts, name=args.name,
+                       seed=args.seed, num_gpus=args.num_gpus, validate=not args.no_val, val_steps=args.val_steps,
+                       val_checkpoint=args.checkpoint)
     run_command(work)
 
 

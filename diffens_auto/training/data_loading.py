@@ -24,7 +24,6 @@ Give each DDP rank its own seed (base_seed + rank) so that the ranks draw differ
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,27 +33,14 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 
 from diffens_auto import paths
+from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.diffusion.slicing import context_stack, position_channels, slices_of
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
+from diffens_auto.tasks.conditioning import make_condition, task_background, task_volumes
 from diffens_auto.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial,
                                                 block_step, draw_block_offset, draw_placement,
                                                 intensity_transforms, place_in_crop)
-from diffens_auto.training.conditioning import make_condition, task_background, task_volumes
-
-
-def split_case_ids(preprocessed_dataset_folder: str | Path, fold: int | str) -> tuple[list[str], list[str]]:
-    """(train, val) case ids of a fold of splits_final.json; fold "all" trains and validates on every case."""
-    path = Path(preprocessed_dataset_folder) / "splits_final.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found. Fix: run diffens_plan_and_preprocess for this dataset.")
-    splits = json.loads(path.read_text(encoding="utf-8"))
-    if str(fold) == "all":
-        cases = sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
-        return cases, cases
-    if not str(fold).isdigit() or int(fold) >= len(splits):
-        raise ValueError(f"Fold {fold!r} does not exist: {path} has folds 0..{len(splits) - 1} (or use 'all').")
-    return list(splits[int(fold)]["train"]), list(splits[int(fold)]["val"])
 
 
 class _VolumeSampler(SlimDataLoaderBase):

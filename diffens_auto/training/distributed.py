@@ -27,12 +27,13 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from diffens_auto import paths
+from diffens_auto.errors import DiffensError
 
 LOCALHOST = "127.0.0.1"
 MAX_ERROR_BYTES = 4096       # per failed rank; a pipe holds 64 KiB before a writer blocks
 
 
-class DistributedSetupError(ValueError):
+class DistributedSetupError(DiffensError, ValueError):
     """A data-parallel request that cannot run (world size, device count, batch size that does not divide ...)."""
 
 

@@ -9,22 +9,22 @@ in_channels, out_channels and feature-injection entries recomputed for the exper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
 from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.errors import DiffensError
+from diffens_auto.hashing import file_sha256
+from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint, model_from_checkpoint
+from diffens_auto.model_folder.location import ModelLocation
+from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.planning import network_for_task
 from diffens_auto.planning.topology import ensembler_in_channels, ensembler_out_channels, feature_injection
-from diffens_auto.training.checkpoints import FINAL, file_sha256, load_checkpoint, model_from_checkpoint
 
 
-class ExpertsNotTrainedError(FileNotFoundError):
+class ExpertsNotTrainedError(DiffensError, FileNotFoundError):
     """An ensembler's experts have no checkpoint_final.pth yet."""
-
-
-class ExpertMismatchError(ValueError):
-    """Experts that cannot be fused into this ensembler (different targets, quantities or conditions)."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,6 @@ class ExpertSpec:
     task: str
     configuration: str
     name: str          # the name the ensembler knows it by (its feature-injection entries use it)
-
-
-def fold_folder(results_dataset_folder: str | Path, task: str, configuration: str, plans_name: str, fold) -> Path:
-    """diffens_results/DatasetXXX/TASK/CONFIG__PLANS/fold_F."""
-    return Path(results_dataset_folder) / task / f"{configuration}__{plans_name}" / f"fold_{fold}"
 
 
 def parse_expert(text: str, plans: dict) -> ExpertSpec:
@@ -72,9 +67,10 @@ def train_command(dataset_name: str, spec: ExpertSpec, fold, plans_name: str) ->
     return f"diffens_train {dataset_name} {spec.task} {spec.configuration} -f {fold} -p {plans_name}"
 
 
-def check_experts_trained(specs, results_dataset_folder, dataset_name: str, plans_name: str, fold) -> list[Path]:
+def check_experts_trained(specs, ensembler: ModelLocation) -> list[Path]:
     """The experts' checkpoint_final.pth paths; ExpertsNotTrainedError naming the commands if any is missing."""
-    paths = [fold_folder(results_dataset_folder, s.task, s.configuration, plans_name, fold) / FINAL for s in specs]
+    dataset_name, plans_name, fold = ensembler.dataset_name, ensembler.plans_name, ensembler.fold
+    paths = [ensembler.with_configuration(s.configuration, s.task).checkpoint(FINAL) for s in specs]
     missing = [train_command(dataset_name, s, fold, plans_name) for s, p in zip(specs, paths) if not p.is_file()]
     if missing:
         raise ExpertsNotTrainedError(
@@ -169,37 +165,6 @@ def check_expert_hashes(recorded: list[dict], loaded: list[FrozenExpert]) -> Non
                 f"Expert {old['name']} changed since this ensembler started ({old['checkpoint']}: SHA-256 "
                 f"{old['sha256'][:12]}... then, {new.record['sha256'][:12]}... now). Fix: train the ensembler anew "
                 "(without --c), or restore the expert checkpoint it was trained with.")
-
-
-def recorded_expert_files(state: dict, dataset_results: Path, ensembler: str) -> list[tuple[dict, Path, str]]:
-    """(record, file, SHA-256) of every expert an ensembler checkpoint records, each checked present and unchanged.
-
-    The records' paths are relative to the dataset's results folder; one outside it, a missing file or a file
-    whose SHA-256 differs from the record raises ExpertMismatchError naming the expert and the fix.
-    """
-    retrain = (f"diffens_train {dataset_results.name} {state.get('task')} {state.get('configuration')} "
-               f"-f {state.get('fold')} -p {state.get('plans_name')}")
-    found = []
-    for record in state.get("experts") or []:
-        relative = PurePosixPath(str(record["checkpoint"]))
-        if relative.is_absolute() or ".." in relative.parts:
-            raise ExpertMismatchError(f"Ensembler {ensembler} records expert {record['name']} at {relative}, outside "
-                                      f"the dataset's results folder. Fix: retrain the ensembler ({retrain}).")
-        path = dataset_results / relative
-        if not path.is_file():
-            raise ExpertMismatchError(
-                f"Ensembler {ensembler} needs its expert {record['name']} ({relative}), which is missing. Fix: "
-                f"restore that exact expert checkpoint (or install the exported model again), or retrain the "
-                f"ensembler on the experts you have ({retrain}).")
-        sha256 = file_sha256(path)
-        if sha256 != record["sha256"]:
-            raise ExpertMismatchError(
-                f"Ensembler {ensembler} was trained with expert {record['name']} ({relative}, SHA-256 "
-                f"{record['sha256'][:12]}...), but that file has changed since (SHA-256 {sha256[:12]}... now): "
-                f"the ensembler is refused. Fix: restore the expert checkpoint it was trained with, or retrain the "
-                f"ensembler ({retrain}).")
-        found.append((record, path, sha256))
-    return found
 
 
 @torch.no_grad()

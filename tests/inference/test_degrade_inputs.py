@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetError
 from diffens_auto.imageio import read_image
-from diffens_auto.inference.dataset_lookup import find_dataset_json
+from diffens_auto.dataset.lookup import find_dataset_json
 from diffens_auto.inference.degrade_inputs import FAILED, WRITTEN, degrade_folder
 from synthetic_images import blob, write_sitk
 

@@ -9,10 +9,13 @@ import torch
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.networks import build_expert
-from diffens_auto.training import checkpoints as ckpt
+from diffens_auto.model_folder import checkpoints as ckpt
+from diffens_auto.training import rng
 from diffens_auto.training.ema import EMA
 from diffens_auto.training.progress import Progress, log_file_name
-from diffens_auto.training.trainer import ExpertObjective, Schedule, Stage, Trainer
+from diffens_auto.training.objectives import ExpertObjective
+from diffens_auto.training.schedule import EpochSchedule, Stage
+from diffens_auto.training.trainer import Trainer
 
 NETWORK = {"architecture": "diffusion_unet", "spatial_dims": 2, "in_channels": 2, "out_channels": 1,
            "channels": [4, 8], "num_res_blocks": 1, "attention_levels": [], "num_head_channels": 4,
@@ -28,22 +31,22 @@ def in_memory_loaders(split, stage, seed, epoch):
 
 
 def tiny_trainer(folder, num_epochs=3, checkpoint_every=1, seed=0):
-    ckpt.seed_everything(seed)
+    rng.seed_everything(seed)
     stage = Stage("train", num_epochs, (8, 8), 2)
-    schedule = Schedule((stage,), iterations_per_epoch=3, val_iterations=2, checkpoint_every=checkpoint_every,
+    schedule = EpochSchedule((stage,), iterations_per_epoch=3, val_iterations=2, checkpoint_every=checkpoint_every,
                         val_stage=stage)
     metadata = {"kind": "expert", "task": "sr", "configuration": "2d_axial", "plans_name": "p", "fold": 0,
                 "network": NETWORK, "parametrization": "epsilon_target", "slice_axis": 2}
     return Trainer(build_expert(NETWORK), ExpertObjective(), NoiseSchedule.linear(), schedule, in_memory_loaders,
-                   folder, lr=1e-3, ema_decay=0.9, metadata=metadata, seed=seed, echo=False)
+                   output_folder=folder, lr=1e-3, ema_decay=0.9, metadata=metadata, seed=seed, echo=False)
 
 
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     random.gauss(0, 1)                     # python's cached gaussian is part of the state
-    state = ckpt.rng_state()
+    state = rng.rng_state()
     ckpt.save_checkpoint({"rng": state}, tmp_path / "rng.pth")
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], random.gauss(0, 1))
-    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "rng.pth")["rng"])
+    rng.set_rng_state(ckpt.load_checkpoint(tmp_path / "rng.pth")["rng"])
     again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], random.gauss(0, 1))
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2:] == again[2:]

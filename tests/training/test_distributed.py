@@ -20,12 +20,16 @@ from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
 from diffens_auto.run.train import train_entry
 from diffens_auto.training import distributed
-from diffens_auto.training.checkpoints import FINAL, load_checkpoint
+from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
 from diffens_auto.training.ema import unwrap
 from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert
-from diffens_auto.training.trainer import (EnsemblerObjective, ExpertObjective, Schedule, Stage, Trainer,
-                                           TrainingSetupError, build_trainer, check_data_parallel, default_loaders,
-                                           resolve_run, train)
+from diffens_auto.training.api import check_data_parallel
+from diffens_auto.training.assembly import TrainingOptions, build_trainer, default_loaders
+from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
+from diffens_auto.training.run_spec import TrainingSetupError, resolve_run
+from diffens_auto.training.schedule import EpochSchedule, Stage
+from diffens_auto.training.trainer import Trainer
+from diffens_auto.workflows.train import train
 
 DATASET, PLANS = "Dataset900_DemoBrain", "diffensPlans_tiny"
 NETWORK = {"architecture": "diffusion_unet", "spatial_dims": 2, "in_channels": 2, "out_channels": 1,
@@ -64,7 +68,7 @@ def sgd_step(rank: int, world_size: int, wrap, folder) -> dict:
     torch.manual_seed(0)
     stage = Stage("train", 1, (8, 8), 4 // world_size)
     trainer = Trainer(wrap(build_expert(NETWORK)), ExpertObjective(), NoiseSchedule.linear(),
-                      Schedule((stage,), 1, 0, 1, stage), loaders=None, output_folder=folder, lr=1e-3, ema_decay=0.9,
+                      EpochSchedule((stage,), 1, 0, 1, stage), loaders=None, output_folder=folder, lr=1e-3, ema_decay=0.9,
                       rank=rank, world_size=world_size, echo=False)
     trainer.optimizer = torch.optim.SGD(unwrap(trainer.model).parameters(), lr=SGD_LR)  # Adam's 1st step ~ sign(g)
     batch, t, noise = fixed_batch()
@@ -108,8 +112,8 @@ def rank_job(context: distributed.RankContext, folder: str) -> None:
     results = {"sgd": sgd_step(context.rank, context.world_size, context.wrap, Path(folder) / "sgd")}
     run = resolve_run(DATASET, "sr", "2d_axial", plans_name=PLANS)
     loaders = RecordingLoaders(default_loaders(run))
-    trainer = build_trainer(run, context.device, num_epochs=1, iterations_per_epoch=3, rank=context.rank,
-                            world_size=context.world_size, loaders=loaders, wrap_model=context.wrap, echo=False)
+    options = TrainingOptions(device=context.device, num_epochs=1, iterations_per_epoch=3, loaders=loaders, echo=False)
+    trainer = build_trainer(run, options, rank=context.rank, world_size=context.world_size, wrap_model=context.wrap)
     results["val_loss_before"] = trainer.validation_loss()      # EMA = initial weights, the same in every process
     results["train_loss"] = trainer.train_epoch(0)
     results.update(case_ids=loaders.case_ids, batch_sizes=loaders.batch_sizes,
@@ -171,7 +175,8 @@ def test_ranks_draw_different_cases_with_half_batches(two_ranks, demo_data):
 @pytest.mark.slow
 def test_sharded_validation_equals_one_process(two_ranks, demo_env):
     run = resolve_run(DATASET, "sr", "2d_axial", plans_name=PLANS)
-    single = build_trainer(run, "cpu", num_epochs=1, iterations_per_epoch=1, echo=False).validation_loss()
+    single = build_trainer(run, TrainingOptions(device="cpu", num_epochs=1, iterations_per_epoch=1,
+                                                echo=False)).validation_loss()
     for rank in two_ranks:
         assert abs(rank["val_loss_before"] - single) < 1e-6
 
@@ -231,15 +236,15 @@ def test_an_error_in_a_rank_reaches_the_caller_as_itself(demo_env):
 
 
 def test_requests_that_cannot_run_are_clear_errors(demo_env, monkeypatch):
-    quick = dict(plans_name=PLANS, num_epochs=1, iterations_per_epoch=1, echo=False, device="cpu")
+    quick = dict(plans_name=PLANS, num_epochs=1, iterations_per_epoch=1, echo=False, device="cpu", validate=False)
     with pytest.raises(TrainingSetupError, match=r"batch size 4 .* divisible by the number of processes \(3\)"):
         train(DATASET, "sr", "2d_axial", num_gpus=3, **quick)
     with pytest.raises(TrainingSetupError, match="give 1 or more"):
         train(DATASET, "sr", "2d_axial", num_gpus=0, **quick)
     with pytest.raises(TrainingSetupError, match="batch size 1 of stage 'pretrain'"):   # ensembler: batch 1
-        check_data_parallel(resolve_run(DATASET, "sr", "3d_ensembler", plans_name=PLANS), "cpu", 2)
+        check_data_parallel(resolve_run(DATASET, "sr", "3d_ensembler", plans_name=PLANS), TrainingOptions(device="cpu"), 2)
     with pytest.raises(TrainingSetupError, match="mps"):
-        check_data_parallel(resolve_run(DATASET, "sr", "2d_axial", plans_name=PLANS), "mps", 2)
+        check_data_parallel(resolve_run(DATASET, "sr", "2d_axial", plans_name=PLANS), TrainingOptions(device="mps"), 2)
     if not torch.cuda.is_available():
         with pytest.raises(TrainingSetupError, match="no CUDA device"):
             train(DATASET, "sr", "2d_axial", num_gpus=2, **{**quick, "device": "cuda"})

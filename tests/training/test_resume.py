@@ -11,8 +11,9 @@ import torch
 
 from diffens_auto import paths
 from diffens_auto.run.train import train_entry
-from diffens_auto.training import checkpoints as ckpt
-from diffens_auto.training.trainer import train
+from diffens_auto.hashing import file_sha256
+from diffens_auto.model_folder import checkpoints as ckpt
+from diffens_auto.workflows.train import train
 
 from training.test_checkpoints import tiny_trainer   # tests/ is on the pytest pythonpath
 
@@ -80,14 +81,15 @@ def test_sigkilled_run_continued_with_c_equals_an_uninterrupted_run(folders, mon
     assert f"resumed after epoch {epochs_done}" in log
 
     monkeypatch.setenv(paths.RESULTS_VARIABLE, str(folders / "whole"))
-    train(DATASET, "sr", "2d_axial", plans_name=PLANS, num_epochs=4, iterations_per_epoch=3, echo=False)
+    train(DATASET, "sr", "2d_axial", plans_name=PLANS, num_epochs=4, iterations_per_epoch=3, echo=False,
+          validate=False)
     resumed = ckpt.load_checkpoint(_fold(killed) / ckpt.FINAL)
     assert resumed["epoch"] == 4
     assert_same_state(resumed, ckpt.load_checkpoint(_fold(folders / "whole") / ckpt.FINAL))
 
     # --c on a finished run changes nothing (an ensembler may have recorded this checkpoint's hash)
-    digest = ckpt.file_sha256(_fold(killed) / ckpt.FINAL)
+    digest = file_sha256(_fold(killed) / ckpt.FINAL)
     monkeypatch.setenv(paths.RESULTS_VARIABLE, str(killed))
     train_entry()
-    assert ckpt.file_sha256(_fold(killed) / ckpt.FINAL) == digest
+    assert file_sha256(_fold(killed) / ckpt.FINAL) == digest
     shutil.rmtree(folders / "whole")

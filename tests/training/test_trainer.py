@@ -13,15 +13,19 @@ from diffens_auto.diffusion.slicing import ExpertRunner
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
 from diffens_auto.run.train import train_entry
-from diffens_auto.training.checkpoints import BEST, FINAL, LATEST, file_sha256, load_checkpoint, model_from_checkpoint
-from diffens_auto.training.experts import (ExpertMismatchError, ExpertsNotTrainedError, FrozenExpert,
-                                           condition_indices)
-from diffens_auto.training.trainer import (EnsemblerObjective, ExpertObjective, Schedule, Stage, Trainer,
-                                           TrainingSetupError, make_schedule, resolve_run, train)
+from diffens_auto.hashing import file_sha256
+from diffens_auto.model_folder.checkpoints import BEST, FINAL, LATEST, load_checkpoint, model_from_checkpoint
+from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
+from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert, condition_indices
+from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
+from diffens_auto.training.run_spec import TrainingSetupError, resolve_run
+from diffens_auto.training.schedule import EpochSchedule, Stage, make_schedule
+from diffens_auto.training.trainer import Trainer
+from diffens_auto.workflows.train import train
 
 DATASET, PLANS = "Dataset900_DemoBrain", "diffensPlans_tiny"
 EXPERTS = ("2d_axial", "2d_sagittal", "2d_coronal")
-QUICK = dict(num_epochs=1, iterations_per_epoch=2, echo=False)
+QUICK = dict(num_epochs=1, iterations_per_epoch=2, echo=False, validate=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,8 @@ def test_expert_trains_and_writes_its_files(sr_experts, workspace, configuration
 
 @pytest.mark.parametrize("configuration", ["3d_ensembler", "3d_ensembler_small"])
 def test_ensembler_pretrains_fine_tunes_and_records_its_experts(sr_experts, workspace, configuration):
-    folder = train(DATASET, "sr", configuration, plans_name=PLANS, num_epochs=2, iterations_per_epoch=1, echo=False)
+    folder = train(DATASET, "sr", configuration, plans_name=PLANS, num_epochs=2, iterations_per_epoch=1, echo=False,
+                   validate=False)
     checkpoint = load_checkpoint(folder / FINAL)
     assert checkpoint["kind"] == "ensembler" and checkpoint["epoch"] == 2
     experts = workspace.plans["configurations"][configuration]["experts"]
@@ -82,7 +87,7 @@ def test_ensembler_pretrains_fine_tunes_and_records_its_experts(sr_experts, work
 def test_ensembler_without_trained_experts_names_the_commands(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(paths.RESULTS_VARIABLE, str(tmp_path))
     with pytest.raises(ExpertsNotTrainedError) as error:
-        train(DATASET, "sr", "3d_ensembler", fold=1, plans_name=PLANS, echo=False)
+        train(DATASET, "sr", "3d_ensembler", fold=1, plans_name=PLANS, echo=False, validate=False)
     for expert in ("2d_axial", "2d_sagittal"):
         assert f"diffens_train {DATASET} sr {expert} -f 1 -p {PLANS}" in str(error.value)
     monkeypatch.setattr(sys, "argv", ["diffens_train", "900", "sr", "3d_ensembler", "-p", PLANS])
@@ -138,7 +143,8 @@ def test_fusion_ensembler_from_experts_of_other_tasks(workspace):
     plans_name = _fusion_plans(workspace)
     sr = train(DATASET, "sr", "2d_axial", plans_name=plans_name, **QUICK)
     mt = train(DATASET, "mt", "2d_sagittal", plans_name=plans_name, **QUICK)
-    fusion = dict(experts=["sr:2d_axial", "mt:2d_sagittal"], name="3d_fusion", plans_name=plans_name, echo=False)
+    fusion = dict(experts=["sr:2d_axial", "mt:2d_sagittal"], name="3d_fusion", plans_name=plans_name, echo=False,
+                  validate=False)
     folder = train(DATASET, "both", "3d_ensembler", num_epochs=1, iterations_per_epoch=1, **fusion)
     assert folder == workspace.results / "both" / f"3d_fusion__{plans_name}" / "fold_0"
     checkpoint = load_checkpoint(folder / FINAL)
@@ -186,7 +192,7 @@ def _steps_to_fall_tenfold(trainer, batch, t, noise, max_steps=500):
 
 def _trainer(model, objective, plans, shape, tmp_path, lr):
     stage = Stage("train", 1, shape, 1)
-    return Trainer(model, objective, NoiseSchedule.from_plans(plans["diffusion"]), Schedule((stage,), 1, 0, 1, stage),
+    return Trainer(model, objective, NoiseSchedule.from_plans(plans["diffusion"]), EpochSchedule((stage,), 1, 0, 1, stage),
                    loaders=None, output_folder=tmp_path, lr=lr, ema_decay=0.99, echo=False)
 
 

@@ -1,4 +1,4 @@
-"""Validation after training: sample the fold's validation cases with few steps and score them.
+"""Validation after training: sample the fold's validation cases with few steps and score them (predict + evaluate).
 
 Each validation case is made from its raw files exactly as a user's input would be (the target degraded with the
 task's degradation and written geometry, the other inputs as they are), predicted with the trained configuration,
@@ -13,18 +13,20 @@ import traceback
 
 import numpy as np
 
+from tqdm.auto import tqdm
+
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.dataset.naming import resolve_dataset_name
+from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.evaluation import mae, psnr, ssim3d
 from diffens_auto.imageio import crop_geometry, read_image, write_image
 from diffens_auto.inference.model import load_trained_model
 from diffens_auto.inference.predictor import DiffensPredictor
+from diffens_auto.model_folder.checkpoints import FINAL
+from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import degrade_image
 from diffens_auto.preprocessing import storage
-from diffens_auto.training.checkpoints import FINAL
-from diffens_auto.training.data_loading import split_case_ids
-from diffens_auto.training.experts import fold_folder
 
 VALIDATION_STEPS = 10
 METRICS = ("psnr", "ssim", "mae", "psnr_foreground")
@@ -52,23 +54,23 @@ def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: str | None = None,
+def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: str | None = None, *,
                    checkpoint: str = FINAL, steps: int | None = None, seed: int = 0, device="cpu",
                    progress: bool = True) -> dict:
     """Predict and score the fold's validation cases; writes and returns validation/summary.json's content."""
     dataset_name = resolve_dataset_name(dataset)
-    model = load_trained_model(dataset_name, task, configuration, fold, plans_name, checkpoint, device)
+    model = load_trained_model(dataset_name, task, configuration, fold, plans_name, checkpoint=checkpoint,
+                               device=device)
     plans = model.plans
     steps = steps or min(VALIDATION_STEPS, int(plans["diffusion"].get("num_inference_steps", VALIDATION_STEPS)))
     predictor = DiffensPredictor(steps=steps, seed=seed, device=device, progress=False).use_model(model)
     preprocessed = paths.preprocessed_folder() / dataset_name
     _, cases = split_case_ids(preprocessed, fold)
-    output = fold_folder(paths.results_folder() / dataset_name, task, configuration, model.plans_name, fold) / \
-        "validation"
+    location = ModelLocation(paths.results_folder() / dataset_name, task, configuration, model.plans_name, fold)
+    output = location.fold_folder / "validation"
     output.mkdir(parents=True, exist_ok=True)
     ending = model.dataset_spec.file_ending
     rows = []
-    from tqdm.auto import tqdm
     for case in tqdm(sorted(cases), desc="validation", unit="case", disable=not progress):
         started = time.time()
         try:
@@ -98,3 +100,11 @@ def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: s
                "mean": mean, "cases": rows}
     atomic_write_json(summary, output / "summary.json")
     return summary
+
+
+def validation_report(summary: dict) -> str:
+    """One line for the console: cases, steps, the mean metrics and the failed cases of a validation summary."""
+    mean = {k: (round(v, 4) if v is not None else None) for k, v in summary["mean"].items()}
+    failed = [r["case"] for r in summary["cases"] if r["status"] == "failed"]
+    return (f"Validation ({len(summary['cases'])} cases, {summary['steps']} steps): {mean}"
+            + (f"; FAILED: {failed}" if failed else ""))

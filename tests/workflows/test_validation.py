@@ -8,7 +8,7 @@ import numpy as np
 
 from diffens_auto.evaluation import psnr, ssim3d
 from diffens_auto.imageio import read_image
-from diffens_auto.inference.validation import validate_model
+from diffens_auto.workflows.validation import validate_model
 
 
 def test_validation_writes_predictions_on_the_reference_grid_and_their_scores(trained_demo_folders, tmp_path):

@@ -134,6 +134,14 @@ def make_condition(target: torch.Tensor, inputs: torch.Tensor, task_plans: Mappi
     return condition, target.clone()
 
 
+def y0_from_target(target: torch.Tensor, condition: torch.Tensor, task_plans: Mapping) -> torch.Tensor:
+    """make_condition's y0 of a target given its condition: target, or (target - up(A(target))) / 2."""
+    _check_task(task_plans)
+    if task_plans["parametrization"] == "epsilon_residual":
+        return (target - condition[:, -1:]) / 2
+    return target
+
+
 def target_from_y0(y0: torch.Tensor, condition: torch.Tensor, task_plans: Mapping) -> torch.Tensor:
     """Inverse of make_condition's y0: target = y0, or 2 y0 + up(A(target)) (the condition's last channel)."""
     _check_task(task_plans)

@@ -1,4 +1,4 @@
-"""Training checkpoints: what they hold, atomic writes, weights_only loading, RNG states and file hashes.
+"""The checkpoint format of a trained model: what a file holds, atomic writes, weights_only loading, the model.
 
 A checkpoint is a dict of tensors and plain Python types only, so `torch.load(path, weights_only=True)` loads it
 (no pickled classes). Files in a fold folder:
@@ -17,20 +17,19 @@ world_size, num_epochs, iterations_per_epoch.
 """
 from __future__ import annotations
 
-import hashlib
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffens_auto.atomic import atomic_path
+from diffens_auto.errors import DiffensError
+from diffens_auto.networks import Ensembler, build_expert
 
 FORMAT_VERSION = 1
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(DiffensError, FileNotFoundError):
     """A checkpoint is missing, unreadable or does not belong to the run that wants it."""
 
 
@@ -57,15 +56,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                               "Fix: delete it and train again (or resume from another checkpoint).") from None
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (the ensembler records its experts' checkpoint hashes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resume_checkpoint(fold_folder: str | Path) -> Path | None:
     """The checkpoint a `--c` run resumes from: the one of final and latest with more epochs done, or None."""
     candidates = [Path(fold_folder) / name for name in (FINAL, LATEST)]
@@ -76,49 +66,11 @@ def resume_checkpoint(fold_folder: str | Path) -> Path | None:
     return max(found, key=lambda item: (item[0], -item[1]))[2]
 
 
-# ------------------------------------------------------------------ random number generators
-
-
-def rng_state() -> dict:
-    """Every global RNG state as tensors and plain types: torch CPU/CUDA, numpy, python `random`."""
-    version, mt_state, gauss_next = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": str(np_kind), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "python": {"version": int(version), "state": torch.tensor(mt_state, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` captured (CUDA states only where this machine has as many devices)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python `random` (model initialisation, dropout, augmentation)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
-
-
 # ------------------------------------------------------------------ models from checkpoints
 
 
 def model_from_checkpoint(checkpoint: dict, weights: str = "ema", device="cpu") -> torch.nn.Module:
     """The expert or ensembler a checkpoint describes, with its EMA (default) or trained weights, in eval mode."""
-    from diffens_auto.networks import Ensembler, build_expert
-
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}.")
     if checkpoint["kind"] == "expert":

@@ -1,0 +1,39 @@
+"""How a prediction samples: steps, sampler, eta, seed, samples per case, consistency, input grid, slice batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffens_auto.diffusion.samplers import SAMPLERS
+from diffens_auto.inference.case_preparation import INPUT_GRIDS
+from diffens_auto.inference.model import PredictionSetupError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling options of a prediction (None: the plans' value); checked when made, with the flag to fix."""
+
+    steps: int | None = None
+    sampler: str | None = None             # "ddim" | "ddpm"
+    eta: float | None = None               # DDIM only
+    seed: int = 0                          # sample i of a case starts from seed + i
+    num_samples: int = 1                   # > 1: their mean and a CASE_std map
+    consistency: bool | None = None        # the consistency projection (None: the plans')
+    input_grid: str = "lr"                 # SR: "lr" (low-resolution scan) or "hr" (already on the target grid)
+    slice_batch_size: int | None = None    # slices per expert forward pass (None: the plans')
+
+    def __post_init__(self):
+        if self.eta is not None and not self.eta >= 0:
+            raise PredictionSetupError(f"--eta {self.eta}: DDIM's eta is >= 0 (0: deterministic DDIM, 1: DDPM-like "
+                                       "noise).")
+        if self.eta is not None and self.sampler == "ddpm":
+            raise PredictionSetupError("--eta applies to the ddim sampler only; leave it out with --sampler ddpm.")
+        if self.slice_batch_size is not None and self.slice_batch_size < 1:
+            raise PredictionSetupError(f"--slice_batch_size {self.slice_batch_size}: give at least 1.")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise PredictionSetupError(f"--sampler {self.sampler}: use one of {SAMPLERS}.")
+        if self.input_grid not in INPUT_GRIDS:
+            raise PredictionSetupError(f"--input_grid {self.input_grid}: use one of {INPUT_GRIDS}.")
+        if self.num_samples < 1:
+            raise PredictionSetupError(f"--num_samples {self.num_samples}: give at least 1.")
+        if self.steps is not None and self.steps < 1:
+            raise PredictionSetupError(f"--steps {self.steps}: give at least 1.")

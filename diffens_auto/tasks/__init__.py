@@ -1,0 +1,1 @@
+"""Task conditioning shared by training and prediction: normalisation, the condition, residual <-> target."""
