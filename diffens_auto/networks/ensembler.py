@@ -56,7 +56,7 @@ class Ensembler(nn.Module):
         self.experts = experts
         self.parametrization = parametrizations[0] if parametrizations else None    # the experts' common one
         self.ensembler_lambda = float(ensembler_lambda)
-        self.unet = DiffusionUNet(network)
+        self.unet = DiffusionUNet.from_plans(network)
         self.feature_injection = [dict(entry) for entry in network.get("feature_injection", [])]
         self.injection_convs = nn.ModuleDict()
         for entry in self.feature_injection:
@@ -101,9 +101,9 @@ class Ensembler(nn.Module):
             raise ValueError(f"Expected noise estimates of {len(self.experts)} experts {self.experts}, "
                              f"got {len(expert_eps)}.")
         x = torch.cat([condition, y_t, *expert_eps], dim=1)    # Eq. 5 input order
-        if x.shape[1] != self.unet.network["in_channels"]:
+        if x.shape[1] != self.unet.in_channels:
             raise ValueError(f"concat(condition, y_t, eps...) has {x.shape[1]} channels; the network expects "
-                             f"{self.unet.network['in_channels']} (conditions + 1 + {len(self.experts)}).")
+                             f"{self.unet.in_channels} (conditions + 1 + {len(self.experts)}).")
         out, _ = self.unet(x, t, self._injected(expert_features))
         free, residual = out[:, :-1], out[:, -1:]
         weights = torch.cat([free, -free.sum(dim=1, keepdim=True)], dim=1)

@@ -33,4 +33,4 @@ def build_expert(network: dict) -> DiffusionUNet:
     if not network.get("returns_features", True):
         raise ValueError("An expert always returns its encoder features (the ensembler injects them); the "
                          "network dict's returns_features must be true or absent.")
-    return DiffusionUNet(network)
+    return DiffusionUNet.from_plans(network)

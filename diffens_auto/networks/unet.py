@@ -1,18 +1,27 @@
-"""The diffusion U-Net of a plans `network` dict, for 2D experts and 3D ensemblers alike.
+"""The diffusion U-Net of the experts (2D) and the ensembler (3D), typed or from a plans `network` dict.
 
 Layout (documentation/planning.md, guided-diffusion): time embedding; input conv3 to C_0; per level
 `num_res_blocks` ResBlocks (+ attention), each output kept as a skip, then a stride-2 downsample (also
 kept); middle ResBlock, optional attention, ResBlock; per level from the deepest `num_res_blocks + 1`
 ResBlocks on concat(h, skip) (+ attention), then nearest x2 + conv3; output GroupNorm, SiLU, conv3.
 """
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import AttentionBlock, Downsample, OutputHead, ResBlock, TimeEmbedding, Upsample, conv_nd
 
+# from_plans passes the first five positionally, so they stay in the constructor's order
 REQUIRED_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "num_res_blocks", "time_embed_dim",
                  "norm_num_groups")
+OPTIONAL_KEYS = ("kernel_size", "dropout", "attention_levels", "num_head_channels", "mid_attention",
+                 "gradient_checkpointing", "zero_init_output")
+# the planner (planning/topology.py) and training/experts.py write these as a label (architecture) or for other
+# readers (build_expert, Ensembler, ExpertRunner, the data loaders, the memory model); no layer depends on them
+INFORMATIONAL_KEYS = ("architecture", "context_slices", "position_channels", "returns_features", "output_heads",
+                      "feature_injection")
 
 
 class EncoderLevel(nn.Module):
@@ -44,30 +53,50 @@ class MiddleBlock(nn.Module):
 
 
 class DiffusionUNet(nn.Module):
-    """Conditional diffusion U-Net built exactly from a plans `network` dict (2D or 3D via spatial_dims).
+    """Conditional diffusion U-Net (guided-diffusion layout), 2D or 3D via `spatial_dims`.
+
+    Build it from a plans `network` dict with `DiffusionUNet.from_plans(network)`, or with typed arguments
+    (MONAI `DiffusionModelUNet` style):
+
+    Args:
+        spatial_dims: 2 (the experts' slices) or 3 (the ensembler's volumes).
+        in_channels: channels of the input x.
+        out_channels: channels of the output.
+        channels: C_l of each level l, shallowest first; their number is the number of levels L.
+        num_res_blocks: ResBlocks per encoder level (the decoder has one more per level); at least 1,
+            since a level's features are taken after its last encoder block.
+        time_embed_dim: width E of the time embedding fed to every ResBlock.
+        norm_num_groups: GroupNorm groups of every normalisation; must divide every C_l.
+        kernel_size: kernel of every conv except the 1x1 skips and attention projections.
+        dropout: dropout probability inside each ResBlock.
+        attention_levels: levels whose ResBlocks (encoder and decoder) are each followed by self-attention.
+        num_head_channels: channels per attention head (heads = max(1, C // num_head_channels)); None gives
+            max(channels), one head per attention block.
+        mid_attention: self-attention between the two middle ResBlocks.
+        gradient_checkpointing: recompute every ResBlock and attention block in backward (training mode with
+            autograd on only), trading compute for activation memory.
+        zero_init_output: start the output conv at zero, so a fresh network outputs zeros.
 
     forward(x, t, injected) returns (out, features): features[l] is level l's last encoder block output
     (after its attention) before downsampling; injected[l], when given, is added there first (this class checks
     its shape, for every caller).
     """
 
-    def __init__(self, network: dict):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, channels: Sequence[int],
+                 num_res_blocks: int, *, time_embed_dim: int, norm_num_groups: int, kernel_size: int = 3,
+                 dropout: float = 0.0, attention_levels: Sequence[int] = (), num_head_channels: int | None = None,
+                 mid_attention: bool = False, gradient_checkpointing: bool = False, zero_init_output: bool = False):
         super().__init__()
-        missing = [key for key in REQUIRED_KEYS if key not in network]
-        if missing:
-            raise ValueError(f"The network dict lacks {missing}; it must come from the plans "
-                             f"(documentation/planning.md).")
-        if network["num_res_blocks"] < 1:
+        if num_res_blocks < 1:
             raise ValueError("num_res_blocks must be at least 1 (features are taken after a level's last block).")
-        self.network = dict(network)
-        dims, channels = network["spatial_dims"], list(network["channels"])
-        emb, groups = network["time_embed_dim"], network["norm_num_groups"]
-        kernel, dropout = network.get("kernel_size", 3), network.get("dropout", 0.0)
-        attention_levels = set(network.get("attention_levels", []))
-        head_channels = network.get("num_head_channels", max(channels))
-        nrb = network["num_res_blocks"]
+        dims, channels = spatial_dims, list(channels)
+        emb, groups, kernel, nrb = time_embed_dim, norm_num_groups, kernel_size, num_res_blocks
+        attention_levels = set(attention_levels)
+        head_channels = max(channels) if num_head_channels is None else num_head_channels
         self.spatial_dims, self.num_levels = dims, len(channels)
-        self.gradient_checkpointing = bool(network.get("gradient_checkpointing", False))
+        self.in_channels, self.out_channels, self.channels = in_channels, out_channels, tuple(channels)
+        self.num_res_blocks = nrb
+        self.gradient_checkpointing = bool(gradient_checkpointing)
 
         def res(ci, co):
             return ResBlock(dims, ci, co, emb, groups, dropout, kernel)
@@ -75,8 +104,10 @@ class DiffusionUNet(nn.Module):
         def attn(c, level):
             return [AttentionBlock(c, groups, head_channels) for _ in range(nrb)] if level in attention_levels else None
 
+        # Modules are created in a fixed order (the seeded initialisation depends on it) under fixed names
+        # (the state-dict keys checkpoints are saved with); change neither.
         self.time_embedding = TimeEmbedding(channels[0], emb)
-        self.input_conv = conv_nd(dims, network["in_channels"], channels[0], kernel)
+        self.input_conv = conv_nd(dims, in_channels, channels[0], kernel)
         skips, ch = [channels[0]], channels[0]
         self.encoder = nn.ModuleList()
         for level, cl in enumerate(channels):
@@ -89,8 +120,8 @@ class DiffusionUNet(nn.Module):
             if downsample is not None:
                 skips.append(ch)
             self.encoder.append(EncoderLevel(blocks, attn(cl, level), downsample))
-        mid_attention = AttentionBlock(ch, groups, head_channels) if network.get("mid_attention", False) else None
-        self.middle = MiddleBlock(res(ch, ch), mid_attention, res(ch, ch))
+        middle_attention = AttentionBlock(ch, groups, head_channels) if mid_attention else None
+        self.middle = MiddleBlock(res(ch, ch), middle_attention, res(ch, ch))
         self.decoder = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
             blocks = []
@@ -102,8 +133,28 @@ class DiffusionUNet(nn.Module):
             upsample = Upsample(dims, ch, kernel) if level > 0 else None
             self.decoder.append(DecoderLevel(blocks, attentions, upsample))
         assert not skips, "every encoder skip is consumed by one decoder block"
-        self.output = OutputHead(dims, ch, network["out_channels"], groups, kernel,
-                                 zero_init=bool(network.get("zero_init_output", False)))
+        self.output = OutputHead(dims, ch, out_channels, groups, kernel, zero_init=bool(zero_init_output))
+
+    @classmethod
+    def from_plans(cls, network: dict) -> "DiffusionUNet":
+        """The U-Net of a plans `network` dict (documentation/planning.md), keys as the planner writes them.
+
+        The keys of the constructor's arguments are passed by name (one the dict leaves out gets the default).
+        The planner's other keys (INFORMATIONAL_KEYS: the label `architecture`, the experts' context_slices /
+        position_channels / returns_features, the ensembler's output_heads / feature_injection) are ignored.
+        A ValueError names every missing required key, or else every key of neither kind.
+        """
+        missing = [key for key in REQUIRED_KEYS if key not in network]
+        if missing:
+            raise ValueError(f"The network dict lacks {missing}; it must come from the plans "
+                             f"(documentation/planning.md).")
+        unknown = [key for key in network if key not in REQUIRED_KEYS + OPTIONAL_KEYS + INFORMATIONAL_KEYS]
+        if unknown:
+            raise ValueError(f"The network dict has unknown key(s) {unknown}; it must come from the plans "
+                             f"(documentation/planning.md), whose network dicts have only "
+                             f"{list(REQUIRED_KEYS + OPTIONAL_KEYS + INFORMATIONAL_KEYS)}.")
+        return cls(*(network[key] for key in REQUIRED_KEYS[:5]),
+                   **{key: network[key] for key in REQUIRED_KEYS[5:] + OPTIONAL_KEYS if key in network})
 
     def _run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         """Run a ResBlock / attention block, recomputing it in backward when checkpointing is active."""

@@ -60,7 +60,7 @@ def test_merge_equals_the_wrapped_model(spatial_dims, randomize):
     network = {"spatial_dims": spatial_dims, "in_channels": 2, "out_channels": 1, "channels": [4, 8],
                "num_res_blocks": 1, "attention_levels": [1], "mid_attention": True, "num_head_channels": 4,
                "time_embed_dim": 16, "norm_num_groups": 2}
-    model = randomize(DiffusionUNet(network), std=0.1).eval()
+    model = randomize(DiffusionUNet.from_plans(network), std=0.1).eval()
     inject_lora(model, rank=3, alpha=6.0, target=lambda name, module: True)   # every conv, strided ones too
     for layer in [m for m in model.modules() if isinstance(m, (LoRALinear, LoRAConv))]:
         assert layer.scale == 2.0
@@ -79,7 +79,7 @@ def test_merge_equals_the_wrapped_model(spatial_dims, randomize):
 
 def run_base(network, merged_model, x, t):
     """The merged model's output computed again from a plain network loaded with the merged weights."""
-    fresh = DiffusionUNet(network).eval()
+    fresh = DiffusionUNet.from_plans(network).eval()
     fresh.load_state_dict(merged_model.state_dict())
     with torch.no_grad():
         return fresh(x, t)[0]

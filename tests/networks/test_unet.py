@@ -1,4 +1,5 @@
-"""DiffusionUNet: exact parameter counts, shapes in 2D and 3D, features, injection, checkpointing."""
+"""DiffusionUNet: typed and plans constructors, exact parameter counts, shapes in 2D and 3D, features, injection,
+checkpointing."""
 import math
 
 import pytest
@@ -29,7 +30,7 @@ HAND_MADE = [
 
 @pytest.mark.parametrize("network", HAND_MADE)
 def test_parameter_count_equals_the_memory_model(network):
-    model = DiffusionUNet(network)
+    model = DiffusionUNet.from_plans(network)
     assert sum(p.numel() for p in model.parameters()) == count_parameters(network)
 
 
@@ -37,13 +38,13 @@ def test_parameter_count_equals_the_memory_model(network):
 @pytest.mark.parametrize("task", ["sr", "mt"])
 def test_parameter_count_of_tiny_plan_networks(tiny_plans, configuration, task):
     network = network_for_task(tiny_plans, configuration, task)
-    assert sum(p.numel() for p in DiffusionUNet(network).parameters()) == count_parameters(network)
+    assert sum(p.numel() for p in DiffusionUNet.from_plans(network).parameters()) == count_parameters(network)
 
 
 def test_tiny_plan_networks_have_attention_where_the_plan_says(tiny_plans):
     network = tiny_plans["configurations"]["2d_axial"]["network"]
     assert network["attention_levels"] == [2] and network["mid_attention"]
-    model = DiffusionUNet(network)
+    model = DiffusionUNet.from_plans(network)
     assert model.encoder[2].attentions is not None and model.encoder[0].attentions is None
     assert model.middle.attention is not None
 
@@ -51,7 +52,7 @@ def test_tiny_plan_networks_have_attention_where_the_plan_says(tiny_plans):
 @pytest.mark.parametrize("shape", [(32, 24), (31, 17)])
 def test_2d_shapes_and_features(shape, randomize):
     network = make_network()
-    model = randomize(DiffusionUNet(network))
+    model = randomize(DiffusionUNet.from_plans(network))
     out, features = model(torch.randn(2, 3, *shape), torch.tensor([0, 999]))
     assert out.shape == (2, 1, *shape)
     assert [tuple(f.shape) for f in features] == [
@@ -60,20 +61,20 @@ def test_2d_shapes_and_features(shape, randomize):
 
 def test_3d_shapes_and_features(randomize):
     network = HAND_MADE[2]
-    model = randomize(DiffusionUNet(network)).eval()
+    model = randomize(DiffusionUNet.from_plans(network)).eval()
     out, features = model(torch.randn(1, 5, 16, 12, 8), torch.tensor([10]))
     assert out.shape == (1, 2, 16, 12, 8)
     assert [tuple(f.shape[1:]) for f in features] == [(8, 16, 12, 8), (16, 8, 6, 4), (24, 4, 3, 2)]
 
 
 def test_zero_init_output_gives_zero_output():
-    model = DiffusionUNet(HAND_MADE[2])
+    model = DiffusionUNet.from_plans(HAND_MADE[2])
     out, _ = model(torch.randn(1, 5, 8, 8, 8), torch.tensor([3]))
     assert torch.count_nonzero(out) == 0
 
 
 def test_timestep_changes_the_output(randomize):
-    model = randomize(DiffusionUNet(make_network())).eval()
+    model = randomize(DiffusionUNet.from_plans(make_network())).eval()
     x = torch.randn(1, 3, 16, 16)
     assert not torch.allclose(model(x, torch.tensor([1]))[0], model(x, torch.tensor([900]))[0])
 
@@ -87,7 +88,7 @@ def test_timestep_embedding_is_cosines_then_sines():
 
 
 def test_injected_features_are_added_before_the_skip(randomize):
-    model = randomize(DiffusionUNet(make_network())).eval()
+    model = randomize(DiffusionUNet.from_plans(make_network())).eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([4, 4])
     out, features = model(x, t)
     extra = torch.randn_like(features[1])
@@ -105,7 +106,7 @@ def test_injected_features_are_added_before_the_skip(randomize):
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_a_cast_network_runs_in_its_dtype(dtype, spatial_dims):
     """model.to(bfloat16 / float16): the float32 timestep sinusoid follows the weights (CPU runs both dtypes)."""
-    model = DiffusionUNet(make_network(spatial_dims=spatial_dims)).to(dtype).eval()
+    model = DiffusionUNet.from_plans(make_network(spatial_dims=spatial_dims)).to(dtype).eval()
     x = torch.randn(1, 3, *[8] * spatial_dims, dtype=dtype)
     with torch.no_grad():
         out, features = model(x, torch.tensor([999]))
@@ -115,7 +116,96 @@ def test_a_cast_network_runs_in_its_dtype(dtype, spatial_dims):
 
 def test_missing_network_keys_are_named():
     with pytest.raises(ValueError, match="channels"):
-        DiffusionUNet({"spatial_dims": 2, "in_channels": 1, "out_channels": 1})
+        DiffusionUNet.from_plans({"spatial_dims": 2, "in_channels": 1, "out_channels": 1})
+
+
+def typed_arguments(network: dict) -> tuple[tuple, dict]:
+    """The typed constructor's positional and keyword arguments for a network dict, spelled out by name."""
+    positional = tuple(network[key] for key in ("spatial_dims", "in_channels", "out_channels", "channels",
+                                                "num_res_blocks"))
+    keywords = {key: network[key] for key in ("time_embed_dim", "norm_num_groups", "kernel_size", "dropout",
+                                              "attention_levels", "num_head_channels", "mid_attention",
+                                              "gradient_checkpointing", "zero_init_output") if key in network}
+    return positional, keywords
+
+
+@pytest.mark.parametrize("network", HAND_MADE + [make_network(dropout=0.1, kernel_size=5, attention_levels=[0])])
+def test_the_typed_constructor_builds_what_from_plans_builds(network):
+    """Same seed: the same state-dict keys, shapes and values, and the same outputs and features."""
+    positional, keywords = typed_arguments(network)
+    torch.manual_seed(0)
+    typed = DiffusionUNet(*positional, **keywords).eval()
+    torch.manual_seed(0)
+    planned = DiffusionUNet.from_plans(network).eval()
+    typed_state, planned_state = typed.state_dict(), planned.state_dict()
+    assert list(typed_state) == list(planned_state)
+    assert all(typed_state[key].shape == planned_state[key].shape for key in typed_state)
+    assert all(torch.equal(typed_state[key], planned_state[key]) for key in typed_state)
+    x, t = torch.randn(1, network["in_channels"], *[8] * network["spatial_dims"]), torch.tensor([5])
+    with torch.no_grad():
+        typed_out, typed_features = typed(x, t)
+        planned_out, planned_features = planned(x, t)
+    assert torch.equal(typed_out, planned_out)
+    assert all(torch.equal(a, b) for a, b in zip(typed_features, planned_features, strict=True))
+    assert (typed.in_channels, typed.out_channels, typed.channels) == (
+        network["in_channels"], network["out_channels"], tuple(network["channels"]))
+
+
+def test_the_typed_constructor_defaults_are_the_plans_defaults():
+    """Keys a plans dict leaves out and arguments left out give the same network (num_head_channels: max(C))."""
+    network = {key: make_network()[key] for key in ("spatial_dims", "in_channels", "out_channels", "channels",
+                                                     "num_res_blocks", "time_embed_dim", "norm_num_groups")}
+    torch.manual_seed(0)
+    planned = DiffusionUNet.from_plans({**network, "attention_levels": [2]})
+    torch.manual_seed(0)
+    typed = DiffusionUNet(2, 3, 1, [8, 16, 32], 2, time_embed_dim=32, norm_num_groups=4, attention_levels=[2],
+                          num_head_channels=None)
+    assert all(torch.equal(a, b) for a, b in zip(planned.state_dict().values(), typed.state_dict().values(),
+                                                 strict=True))
+    assert typed.encoder[2].attentions[0].heads == 1 and typed.middle.attention is None
+    assert typed.output.conv.weight.abs().sum() > 0 and not typed.gradient_checkpointing
+
+
+def test_the_typed_constructor_takes_at_most_five_positional_arguments():
+    """time_embed_dim and the rest are keyword-only."""
+    with pytest.raises(TypeError):
+        DiffusionUNet(2, 3, 1, [8, 16], 1, 32, 4)
+
+
+def test_from_plans_names_every_missing_required_key():
+    """The message lists the missing keys and where the dict must come from."""
+    network = {key: value for key, value in make_network().items() if key not in ("channels", "time_embed_dim")}
+    with pytest.raises(ValueError, match=r"lacks \['channels', 'time_embed_dim'\].*plans.*documentation/planning.md"):
+        DiffusionUNet.from_plans(network)
+
+
+def test_from_plans_refuses_an_unknown_key_and_names_it():
+    """A misspelt key is refused rather than silently replaced by a default."""
+    with pytest.raises(ValueError, match="'num_res_block'"):
+        DiffusionUNet.from_plans({**make_network(), "num_res_block": 3})
+
+
+def test_from_plans_ignores_the_keys_other_builders_read(tiny_plans):
+    """The plans' informational keys (experts' and ensembler's) do not change the U-Net."""
+    for configuration in ("2d_axial", "3d_ensembler"):
+        network = network_for_task(tiny_plans, configuration, "sr")
+        informational = {"architecture", "context_slices", "position_channels", "returns_features", "output_heads",
+                         "feature_injection"}
+        assert informational & set(network)
+        torch.manual_seed(0)
+        full = DiffusionUNet.from_plans(network)
+        torch.manual_seed(0)
+        bare = DiffusionUNet.from_plans({key: value for key, value in network.items() if key not in informational})
+        assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), bare.state_dict().values(),
+                                                     strict=True))
+
+
+@pytest.mark.parametrize("build", [lambda: DiffusionUNet.from_plans(make_network(num_res_blocks=0)),
+                                   lambda: DiffusionUNet(2, 3, 1, [8, 16], 0, time_embed_dim=32, norm_num_groups=4)])
+def test_num_res_blocks_below_one_is_refused(build):
+    """Both constructors: features are taken after a level's last block, so a level needs one."""
+    with pytest.raises(ValueError, match="num_res_blocks must be at least 1"):
+        build()
 
 
 def _saved_bytes(model, x, t):
@@ -136,7 +226,8 @@ def _saved_bytes(model, x, t):
 def test_saved_tensors_match_the_memory_model(network):
     """In float32 the tensors autograd keeps are what planning.memory.training_activations counts."""
     shape, batch = ((32, 24), 2) if network["spatial_dims"] == 2 else ((16, 16, 8), 1)
-    saved, _ = _saved_bytes(DiffusionUNet(network), torch.randn(batch, 3, *shape), torch.tensor([9] * batch))
+    saved, _ = _saved_bytes(DiffusionUNet.from_plans(network), torch.randn(batch, 3, *shape),
+                            torch.tensor([9] * batch))
     assert training_activations(network, shape, batch, "float32")[0] == pytest.approx(saved, rel=0.01)
 
 
@@ -144,8 +235,8 @@ def test_saved_tensors_match_the_memory_model(network):
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(spatial_dims, randomize):
     shape = (16, 12) if spatial_dims == 2 else (8, 8, 8)
     network = make_network(spatial_dims=spatial_dims, dropout=0.2, attention_levels=[1])
-    plain = randomize(DiffusionUNet(network)).train()
-    checkpointed = DiffusionUNet({**network, "gradient_checkpointing": True}).train()
+    plain = randomize(DiffusionUNet.from_plans(network)).train()
+    checkpointed = DiffusionUNet.from_plans({**network, "gradient_checkpointing": True}).train()
     checkpointed.load_state_dict(plain.state_dict())
     x, t = torch.randn(2, 3, *shape), torch.tensor([7, 300])
     target = torch.randn(2, 1, *shape)
@@ -163,7 +254,8 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(spatial_dim
 
 
 def test_checkpointing_is_off_in_eval_mode():
-    model = DiffusionUNet(make_network(gradient_checkpointing=True)).eval()
+    model = DiffusionUNet.from_plans(make_network(gradient_checkpointing=True)).eval()
     saved, _ = _saved_bytes(model, torch.randn(1, 3, 8, 8), torch.tensor([1]))
-    plain_saved, _ = _saved_bytes(DiffusionUNet(make_network()).eval(), torch.randn(1, 3, 8, 8), torch.tensor([1]))
+    plain_saved, _ = _saved_bytes(DiffusionUNet.from_plans(make_network()).eval(), torch.randn(1, 3, 8, 8),
+                                  torch.tensor([1]))
     assert saved == plain_saved
