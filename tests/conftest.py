@@ -55,8 +55,8 @@ def trained_demo(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from diffens_auto.dataset.demo import make_demo_dataset
-    from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from diffens_auto.demo.dataset import make_demo_dataset
+    from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
     from diffens_auto.workflows.train import train
 
     root = tmp_path_factory.mktemp("trained_demo")

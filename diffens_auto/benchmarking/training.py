@@ -32,9 +32,9 @@ MODES = ("workers", "0 workers", "preloaded")
 def prepare_demo(folder: str | Path, num_cases: int = 4, shape: Sequence[int] = (48, 48, 48),
                  spacing: Sequence[float] = (1.5, 1.5, 1.5)) -> dict:
     """Point the diffens_* folders at `folder`, build the demo dataset there, plan it (tiny) and preprocess it."""
-    from diffens_auto.dataset.demo import make_demo_dataset
+    from diffens_auto.demo.dataset import make_demo_dataset
     from diffens_auto.planning.plans_file import load_plans
-    from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
 
     folders = paths.use_folders(folder)
     make_demo_dataset(folders[paths.RAW_VARIABLE], dataset_id=DATASET_ID, num_cases=num_cases, shape=tuple(shape),

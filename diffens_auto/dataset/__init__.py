@@ -1,4 +1,4 @@
-"""Datasets: dataset.json with tasks, case discovery, integrity checks and the synthetic demo dataset."""
+"""Datasets: dataset.json with tasks, case discovery, naming, splits and integrity checks."""
 from diffens_auto.dataset.cases import discover_cases, find_training_cases
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec, TaskSpec, load_dataset_json
 

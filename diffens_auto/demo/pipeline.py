@@ -90,7 +90,7 @@ def make_test_cases(folder: Path, settings: DemoSettings, seed: int = 0) -> Path
 
     Indices start two after the training cases so that the full demo's first test case is an oblique one.
     """
-    from diffens_auto.dataset.demo import DEFAULT_NOISE, sample_demo_case, write_case
+    from diffens_auto.demo.dataset import DEFAULT_NOISE, sample_demo_case, write_case
     first = settings.num_train_cases + 2
     for index in range(first, first + settings.num_test_cases):
         case = sample_demo_case(index, seed, tuple(settings.shape), tuple(settings.spacing), DEFAULT_NOISE)
@@ -100,7 +100,7 @@ def make_test_cases(folder: Path, settings: DemoSettings, seed: int = 0) -> Path
 
 
 def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
-    from diffens_auto.dataset.demo import dataset_folder_name, make_demo_dataset
+    from diffens_auto.demo.dataset import dataset_folder_name, make_demo_dataset
     folder = raw / dataset_folder_name(DEMO_DATASET_ID)
     existing = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
     if existing.get("numTraining") != settings.num_train_cases:
@@ -174,7 +174,7 @@ def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 
     from diffens_auto.demo.report import comparison_previews, results_table
     from diffens_auto.inference.degrade_inputs import degrade_folder
     from diffens_auto.planning.plans_file import load_plans
-    from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
 
     settings = SMOKE if smoke else FULL
     work = Path(work_folder).resolve()

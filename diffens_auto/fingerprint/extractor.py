@@ -9,8 +9,8 @@ import numpy as np
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.dataset.cases import file_stamps
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
+from diffens_auto.foreground import bounding_box, nonzero_mask
 from diffens_auto.imageio import count_nonfinite_voxels, read_case
-from diffens_auto.preprocessing.cropping import bounding_box, nonzero_mask
 from diffens_auto.workers import map_in_workers
 
 FOREGROUND_SAMPLES_PER_CASE = 10_000

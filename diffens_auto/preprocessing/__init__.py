@@ -1,6 +1,5 @@
 """Preprocessing: crop to the foreground, resample to the target spacing, normalise, store, and invert it all."""
-from diffens_auto.preprocessing.cropping import (EmptyCaseError, bounding_box, crop_to_bbox, crop_to_nonzero,
-                                                 nonzero_mask, paste_into_bbox)
+from diffens_auto.preprocessing.cropping import crop_to_nonzero, paste_into_bbox
 from diffens_auto.preprocessing.inversion import export_prediction, invert_preprocessing
 from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key,
                                                       degraded_params, denormalize, normalize, params_from_lowres,

@@ -3,7 +3,7 @@ import argparse
 
 from diffens_auto.run.errors import run_command
 
-from diffens_auto.dataset.demo import (
+from diffens_auto.demo.dataset import (
     DEFAULT_NOISE,
     DEFAULT_NUM_CASES,
     DEFAULT_SHAPE,
@@ -13,7 +13,7 @@ from diffens_auto.dataset.demo import (
 
 
 def make_demo_dataset_entry() -> None:
-    """Command-line wrapper of `diffens_auto.dataset.demo.make_demo_dataset`."""
+    """Command-line wrapper of `diffens_auto.demo.dataset.make_demo_dataset`."""
     parser = argparse.ArgumentParser(
         description="Write Dataset{ID}_DemoBrain: synthetic 4-channel (T1, T1ce, T2, FLAIR) brain phantoms with "
         "tissue labels and the tasks sr, mt and both, each case on its own grid (orientation, origin, spacing)."

@@ -28,7 +28,7 @@ def plan_and_preprocess_entry() -> None:
     args = parser.parse_args()
 
     def work():
-        from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+        from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
         for d in args.d:
             plans_file = plan_and_preprocess(d, args.pl, args.gpu_memory_target, args.np,
                                              args.verify_dataset_integrity, args.no_pp, args.clean)
@@ -45,7 +45,7 @@ def extract_fingerprint_entry() -> None:
     args = parser.parse_args()
 
     def work():
-        from diffens_auto.preprocessing.plan_and_preprocess import extract_fingerprint_for_dataset
+        from diffens_auto.workflows.plan_and_preprocess import extract_fingerprint_for_dataset
         for d in args.d:
             extract_fingerprint_for_dataset(d, args.np, args.verify_dataset_integrity, args.clean)
     run_command(work)
@@ -59,7 +59,7 @@ def plan_experiment_entry() -> None:
     args = parser.parse_args()
 
     def work():
-        from diffens_auto.preprocessing.plan_and_preprocess import plan_dataset
+        from diffens_auto.workflows.plan_and_preprocess import plan_dataset
         for d in args.d:
             print(f"Plans written to {plan_dataset(d, args.pl, args.gpu_memory_target)}")
     run_command(work)
@@ -74,7 +74,7 @@ def preprocess_entry() -> None:
     args = parser.parse_args()
 
     def work():
-        from diffens_auto.preprocessing.plan_and_preprocess import preprocess_for_dataset
+        from diffens_auto.workflows.plan_and_preprocess import preprocess_for_dataset
         for d in args.d:
             print(f"Preprocessed cases in {preprocess_for_dataset(d, args.p, args.np, args.clean)}")
     run_command(work)

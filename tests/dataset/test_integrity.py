@@ -12,7 +12,7 @@ from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetError, load_dataset_json
 from diffens_auto.dataset.integrity import verify_dataset_integrity
 from diffens_auto.imageio import ImageReadError
-from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
+from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
 
 
 def corrupt_missing_channel(folder):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from diffens_auto.preprocessing.cropping import (EmptyCaseError, bounding_box, crop_to_bbox, crop_to_nonzero,
-                                                 nonzero_mask, paste_into_bbox)
+from diffens_auto.foreground import EmptyCaseError, bounding_box, crop_to_bbox, nonzero_mask
+from diffens_auto.preprocessing.cropping import crop_to_nonzero, paste_into_bbox
 
 
 def test_nonzero_mask_is_any_channel_and_keeps_holes():

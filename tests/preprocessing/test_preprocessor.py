@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from diffens_auto.foreground import EmptyCaseError
 from diffens_auto.imageio import check_same_geometry, read_image
-from diffens_auto.preprocessing import (EmptyCaseError, degraded_params, export_prediction, invert_preprocessing,
-                                        preprocess_case, renormalize, select_params)
+from diffens_auto.preprocessing import (degraded_params, export_prediction, invert_preprocessing, preprocess_case,
+                                        renormalize, select_params)
 
 
 def oblique_direction(degrees: float = 15.0) -> np.ndarray:

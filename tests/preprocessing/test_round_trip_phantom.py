@@ -4,11 +4,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from diffens_auto.dataset import find_training_cases, load_dataset_json
-from diffens_auto.dataset.demo import make_demo_dataset
+from diffens_auto.demo.dataset import make_demo_dataset
 from diffens_auto.fingerprint import extract_fingerprint
 from diffens_auto.planning import plan_experiment
 from diffens_auto.preprocessing import export_prediction, preprocess_case
-from diffens_auto.preprocessing.plan_and_preprocess import tasks_for_planner
+from diffens_auto.workflows.plan_and_preprocess import tasks_for_planner
 
 OBLIQUE_ANISOTROPIC_CASE = "DemoBrain_007"  # demo cases i % 3 == 1 are oblique, i % 5 == 2 anisotropic
 

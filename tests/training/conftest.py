@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 from diffens_auto import paths
-from diffens_auto.dataset.demo import make_demo_dataset
-from diffens_auto.planning.plans_file import load_plans
-from diffens_auto.preprocessing.plan_and_preprocess import plan_and_preprocess
 from diffens_auto.dataset.splits import split_case_ids
+from diffens_auto.demo.dataset import make_demo_dataset
+from diffens_auto.planning.plans_file import load_plans
+from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
 
 PLANS_NAME = "diffensPlans_tiny"
 

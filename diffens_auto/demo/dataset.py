@@ -19,10 +19,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from diffens_auto.atomic import atomic_path, atomic_write_json
-from diffens_auto.dataset.phantom import (
+from diffens_auto import paths
+from diffens_auto.atomic import atomic_write_json
+from diffens_auto.demo.phantom import (
     CHANNELS,
     TISSUES,
     FourierField,
@@ -31,6 +31,7 @@ from diffens_auto.dataset.phantom import (
     render_case,
     wavelength_to_frequency,
 )
+from diffens_auto.imageio import write_image
 
 DATASET_NAME = "DemoBrain"
 FILE_ENDING = ".nii.gz"
@@ -226,13 +227,11 @@ def write_case(case: PhantomCase, dataset_folder: str | os.PathLike) -> list[Pat
 
 
 def _write_array(array: np.ndarray, grid: Grid, path: Path) -> None:
-    """Write an (i, j, k)-indexed array with the grid's geometry; SimpleITK wants (k, j, i)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(tuple(grid.direction_matrix.ravel()))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp))
+    """Write an (i, j, k)-indexed array with the grid's geometry."""
+    # The array is indexed like the file (no reorientation), so the file's axes are the grid's own axes.
+    props = {"spacing": list(grid.spacing), "origin": list(grid.origin), "direction": grid.direction_matrix.tolist(),
+             "reorientation": {"permutation": [0, 1, 2], "flips": [False, False, False]}}
+    write_image(array, props, path)
 
 
 def make_demo_dataset(
@@ -251,9 +250,7 @@ def make_demo_dataset(
     """
     _check_arguments(dataset_id, num_cases, shape, spacing, noise)
     if output_folder is None:
-        from diffens_auto.paths import raw_folder
-
-        output_folder = raw_folder()
+        output_folder = paths.raw_folder()
     folder = Path(output_folder) / dataset_folder_name(dataset_id)
     cases = demo_cases(num_cases, seed, tuple(shape), tuple(spacing), noise)
     for case in cases:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffens_auto.dataset.demo import (
+from diffens_auto.demo.dataset import (
     case_identifier,
     demo_cases,
     demo_dataset_json,
@@ -16,7 +16,7 @@ from diffens_auto.dataset.demo import (
     make_demo_dataset,
     sample_demo_case,
 )
-from diffens_auto.dataset.phantom import CHANNELS, TISSUES, Grid, render_case
+from diffens_auto.demo.phantom import CHANNELS, TISSUES, Grid, render_case
 from diffens_auto.run.make_demo_dataset import make_demo_dataset_entry
 
 SMALL = dict(num_cases=3, shape=(24, 24, 24), spacing=(2.0, 2.0, 2.0))
