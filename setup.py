@@ -1,9 +1,16 @@
 """Install diffens_auto: Diff-Ensembler as a self-configuring pipeline."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the version is written once, in the package (diffens_auto.__version__)
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path(__file__).with_name("diffens_auto").joinpath(
+    "__init__.py").read_text(encoding="utf-8"), re.M).group(1)
 
 setup(
     name="diffens_auto",
-    version="0.1.0",
+    version=VERSION,
     description="Self-configuring Diff-Ensembler pipeline for 3D medical volume translation",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -17,7 +24,6 @@ setup(
         "SimpleITK>=2.2",
         "nibabel>=5.0",
         "blosc2>=2.5",
-        "acvl-utils>=0.2",
         "batchgenerators>=0.25",
         "pandas>=2.0",
         "matplotlib>=3.7",

@@ -36,7 +36,7 @@ def results_only(tmp_path, monkeypatch):
 def _assert_predicts_as_before(output_folder: Path, name: str) -> None:
     predicted, props = read_image(output_folder / f"{CASE}.nii.gz")
     expected, expected_props = read_image(FIXTURE / "expected" / f"{CASE}_{name}.nii.gz")
-    check_same_geometry(props, expected_props, "prediction", "pre-refactor prediction")
+    assert check_same_geometry(props, expected_props) == []
     assert predicted.shape == expected.shape
     if platform.machine() == json.loads((FIXTURE / "machine.json").read_text())["machine"]:
         np.testing.assert_array_equal(predicted, expected)
