@@ -7,6 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
+from diffens_auto.imageio import write_image
 from diffens_auto.preprocessing.cropping import paste_into_bbox
 from diffens_auto.preprocessing.normalization import denormalize, select_params
 from diffens_auto.preprocessing.resampling import extend_foreground, foreground_at_spacing, resample_data
@@ -53,8 +54,6 @@ def invert_preprocessing(channel_data: np.ndarray, properties: Mapping, channel:
 def export_prediction(channel_data: np.ndarray, properties: Mapping, channel: int, path: str | Path,
                       normalization="case", *, mask_original: np.ndarray) -> None:
     """Invert the preprocessing of one channel and write it (atomically) with the original image's geometry."""
-    from diffens_auto.imageio import write_image
-
     array, props = invert_preprocessing(channel_data, properties, channel, normalization,
                                         mask_original=mask_original)
     write_image(array, props, path)
