@@ -167,3 +167,12 @@ def test_inference_and_model_sharing_never_import_training(sibling, other):
     problems = [f"{file}:{line}" for file, source, target, line in _all_imports()
                 if source == sibling and target == other]
     assert problems == []
+
+
+def test_prediction_and_model_sharing_load_nothing_of_training():
+    script = ("import sys, diffens_auto.inference.predictor, diffens_auto.model_sharing; "
+              "print(sorted(m for m in sys.modules if m.startswith('diffens_auto.training') "
+              "or m.startswith('batchgenerators')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
