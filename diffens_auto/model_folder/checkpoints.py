@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import diffens_auto
 from diffens_auto.atomic import atomic_path
 from diffens_auto.errors import DiffensError
 from diffens_auto.networks import Ensembler, build_expert
@@ -50,10 +51,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise CheckpointError(f"{path} is not a readable diffens_auto checkpoint ({type(e).__name__}: {e}). "
                               "Fix: delete it and train again (or resume from another checkpoint).") from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version!r}; this diffens_auto "
+                              f"({diffens_auto.__version__}) reads formats up to {FORMAT_VERSION}. Fix: update "
+                              "diffens_auto to the version that wrote it, or train the model again.")
+    return state
 
 
 def resume_checkpoint(fold_folder: str | Path) -> Path | None:

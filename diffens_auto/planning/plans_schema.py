@@ -1,4 +1,5 @@
 """What a plans file must contain, and a check later stages run before they trust one."""
+from diffens_auto.networks.unet import INFORMATIONAL_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
 
 from diffens_auto.errors import DiffensError
 
@@ -13,6 +14,7 @@ REQUIRED_TASK = (
 )
 REQUIRED_CONFIGURATION = ("kind", "patch_size", "batch_size", "network", "in_channels_per_task",
                           "memory_estimate_gb")
+NETWORK_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS + INFORMATIONAL_KEYS
 REQUIRED_ENSEMBLER = ("experts", "fine_tune_shape", "patch_wise", "expert_slice_batch_size")
 REQUIRED_NETWORK = ("spatial_dims", "in_channels", "out_channels", "channels", "num_res_blocks",
                     "attention_levels", "num_head_channels", "time_embed_dim", "norm_num_groups")
@@ -32,6 +34,8 @@ def plans_problems(plans: dict) -> list[str]:
         problems += [f"configuration '{name}' lacks '{key}'" for key in REQUIRED_CONFIGURATION if key not in config]
         problems += [f"configuration '{name}' network lacks '{key}'"
                      for key in REQUIRED_NETWORK if key not in config.get("network", {})]
+        problems += [f"configuration '{name}' network has the unknown key '{key}' (known: {list(NETWORK_KEYS)})"
+                     for key in config.get("network", {}) if key not in NETWORK_KEYS]
         if config.get("kind") == "ensembler":
             problems += [f"configuration '{name}' lacks '{key}'" for key in REQUIRED_ENSEMBLER if key not in config]
             problems += [f"configuration '{name}' fuses expert '{expert}', which is not a configuration"
