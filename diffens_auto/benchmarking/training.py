@@ -59,10 +59,10 @@ def make_loader(run, stage, num_workers: int, seed: int = 0):
     data_folder = run.preprocessed_dataset_folder / run.plans["data_identifier"]
     common = dict(batch_size=stage.batch_size, num_workers=num_workers)
     if run.kind == "expert":
-        return ExpertDataLoader(data_folder, run.train_cases, run.plans, run.task, run.configuration, seed, 0,
-                                **common)
-    return EnsemblerDataLoader(data_folder, run.train_cases, run.plans, run.task, run.configuration, seed, 0,
-                               patch_size=list(stage.patch_size), **common)
+        return ExpertDataLoader(data_folder, run.train_cases, run.plans, run.task, run.configuration, seed=seed,
+                                epoch=0, **common)
+    return EnsemblerDataLoader(data_folder, run.train_cases, run.plans, run.task, run.configuration, seed=seed,
+                               epoch=0, patch_size=list(stage.patch_size), **common)
 
 
 def iterations_per_second(trainer, batches: Iterator[dict], iterations: int) -> float:
@@ -113,7 +113,7 @@ def benchmark_stage(trainer, run, stage, iterations: int, workers: int) -> dict:
     return figures
 
 
-def benchmark_training(iterations: int = 10, folder: str | Path | None = None, num_cases: int = 4,
+def benchmark_training(iterations: int = 10, folder: str | Path | None = None, *, num_cases: int = 4,
                        shape: Sequence[int] = (48, 48, 48), spacing: Sequence[float] = (1.5, 1.5, 1.5),
                        configurations: Sequence[str] = CONFIGURATIONS, device: str = "cpu", seed: int = 0) -> dict:
     """Build the demo workspace in `folder` (default: a temporary folder, removed afterwards) and time training.
@@ -122,7 +122,8 @@ def benchmark_training(iterations: int = 10, folder: str | Path | None = None, n
     """
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="diffens_benchmark_training_") as tmp:
-            return benchmark_training(iterations, tmp, num_cases, shape, spacing, configurations, device, seed)
+            return benchmark_training(iterations, tmp, num_cases=num_cases, shape=shape, spacing=spacing,
+                                      configurations=configurations, device=device, seed=seed)
     from diffens_auto.training.assembly import TrainingOptions, build_trainer
     from diffens_auto.training.run_spec import resolve_run
 

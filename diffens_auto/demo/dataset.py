@@ -237,6 +237,7 @@ def _write_array(array: np.ndarray, grid: Grid, path: Path) -> None:
 def make_demo_dataset(
     output_folder: str | os.PathLike | None = None,
     dataset_id: int = 900,
+    *,
     num_cases: int = DEFAULT_NUM_CASES,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,

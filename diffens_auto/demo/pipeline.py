@@ -104,8 +104,8 @@ def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
     folder = raw / dataset_folder_name(DEMO_DATASET_ID)
     existing = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
     if existing.get("numTraining") != settings.num_train_cases:
-        make_demo_dataset(raw, DEMO_DATASET_ID, settings.num_train_cases, tuple(settings.shape),
-                          tuple(settings.spacing), seed)
+        make_demo_dataset(raw, DEMO_DATASET_ID, num_cases=settings.num_train_cases, shape=tuple(settings.shape),
+                          spacing=tuple(settings.spacing), seed=seed)
     make_test_cases(work / "test_cases", settings, seed)
     return folder
 
@@ -132,7 +132,7 @@ def _previous_seconds(work: Path) -> dict:
     return {row["method"]: row["seconds_per_volume"] for row in json.loads(path.read_text())["table"]}
 
 
-def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, device, seed: int) -> dict:
+def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, device, seed: int) -> dict:
     """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
     from diffens_auto.inference.interpolation import trilinear_folder
     from diffens_auto.inference.predictor import DiffensPredictor
@@ -168,7 +168,7 @@ def _evaluate(work: Path) -> dict:
     return results
 
 
-def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 2, device="cpu", seed: int = 0,
+def run_demo(work_folder: str | Path, *, smoke: bool = False, num_processes: int = 2, device="cpu", seed: int = 0,
              verbose: bool = True) -> dict:
     """Run the demo in `work_folder` (diffens_raw/preprocessed/results inside it); returns its summary."""
     from diffens_auto.demo.report import comparison_previews, results_table
@@ -192,7 +192,7 @@ def run_demo(work_folder: str | Path, smoke: bool = False, num_processes: int = 
     inputs = work / "test_inputs"
     degrade_folder(work / "test_cases" / "imagesTr", inputs, DEMO_DATASET_ID, TASK, verbose=False)
     clock.done("degraded test inputs (FLAIR pooled 4x4x4)")
-    seconds = _predict(work, inputs, settings, plans, device, seed)
+    seconds = _predict(work, inputs, settings, plans, device=device, seed=seed)
     clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 1} strategies + trilinear)")
     evaluations = _evaluate(work)
     table = results_table(evaluations, seconds)

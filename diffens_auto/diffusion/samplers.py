@@ -1,7 +1,7 @@
 """Samplers that walk a respaced subset of the training timesteps: DDIM and respaced ancestral DDPM.
 
 Both have the shape of a diffusers scheduler: `.timesteps` (descending training-step indices, what the
-network is called with), `.step(eps, t, y_t, noise=None, generator=None) -> (y_prev, x0_hat)` and
+network is called with), `.step(eps, t, y_t, *, noise=None, generator=None) -> (y_prev, x0_hat)` and
 `.previous_timestep(t)`. Conventions shared by both:
 
 - The step after a kept timestep t goes to the NEXT KEPT timestep (the next entry of `.timesteps`), never
@@ -151,7 +151,7 @@ class RespacedSampler:
         x0 = self.schedule.tweedie_x0(y_t, eps, self._timestep(t))
         return x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0)
 
-    def step(self, eps: Tensor, t: int | Tensor, y_t: Tensor, noise: Tensor | None = None,
+    def step(self, eps: Tensor, t: int | Tensor, y_t: Tensor, *, noise: Tensor | None = None,
              generator: torch.Generator | None = None, x0_hook: X0Hook | None = None) -> tuple[Tensor, Tensor]:
         """One step t -> previous_timestep(t): x0_hat = hook(clip(Tweedie)), then the update -> (y_prev, x0_hat)."""
         t = self._timestep(t)
@@ -160,7 +160,7 @@ class RespacedSampler:
             x0_hat = x0_hook(x0_hat, t)
         return self.step_from_x0(x0_hat, eps, t, y_t, noise=noise, generator=generator)
 
-    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor,
+    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor, *,
                      noise: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The update from a given x0_hat (already clipped / projected); returns (y_prev, x0_hat)."""
         raise NotImplementedError
@@ -208,7 +208,7 @@ class DDIMSampler(RespacedSampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0, timestep_spacing: str = "leading",
-                 clip_x0: float | None = None, recompute_eps: bool = False):
+                 clip_x0: float | None = None, *, recompute_eps: bool = False):
         """DDIM over num_steps of the schedule's steps; eta in [0, 1] scales the injected noise (Eq. 16)."""
         super().__init__(schedule, num_steps, timestep_spacing, clip_x0)
         if eta < 0:
@@ -221,7 +221,7 @@ class DDIMSampler(RespacedSampler):
         a, a_prev = self.alpha_bars(t)
         return self.eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
 
-    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor,
+    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor, *,
                      noise: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """DDIM Eq. 12 from a given x0_hat; eps may be None when recompute_eps is set."""
         t = self._timestep(t)
@@ -298,7 +298,7 @@ class DDPMSampler(RespacedSampler):
         variance = self.posterior_variance[i] if self.variance == "fixed_small" else self.betas[i]
         return math.sqrt(float(variance))
 
-    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor,
+    def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor, *,
                      noise: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """A sample of the posterior q(y_prev | y_t, x0_hat) (DDPM Eq. 6-7); eps is not used."""
         t = self._timestep(t)

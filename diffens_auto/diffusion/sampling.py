@@ -18,7 +18,7 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | None, condition: Any = None,
+def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | None, condition: Any = None, *,
            generator: torch.Generator | None = None, seed: int | None = None, x0_hook: X0Hook | None = None,
            start: Tensor | None = None, progress: bool = False, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32) -> Tensor:

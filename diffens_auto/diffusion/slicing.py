@@ -81,7 +81,7 @@ class ExpertRunner:
     """Runs a 2D expert over every slice of its plane in slice batches and restacks eps (and features)."""
 
     def __init__(self, expert, slice_axis: int, slice_batch_size: int, context_slices: int = 0,
-                 position_channels: int = 0, condition_indices=None, grad: bool = False, name: str | None = None):
+                 position_channels: int = 0, *, condition_indices=None, grad: bool = False, name: str | None = None):
         """expert(x (n, C_in, a, b), t (n,)) -> (eps (n, 1, a, b), features); condition_indices picks its conditions."""
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}.")

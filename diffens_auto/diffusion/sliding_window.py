@@ -51,7 +51,7 @@ def _pad_to_window(tensor, window):
     return F.pad(tensor, flat), pads
 
 
-def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float = 0.125,
+def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float = 0.125, *,
                    out_channels: int | None = None) -> torch.Tensor:
     """fn(*window crops) -> (B, C_out, wx, wy, wz), blended over windows covering the volume: sum(g f) / sum(g).
 

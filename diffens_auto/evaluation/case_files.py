@@ -92,7 +92,7 @@ def _reference_files(references: dict[str, Path], predictions: dict[str, Path],
     return dict(sorted(cases.items()))
 
 
-def _problem(case: str, references: list[Path], prediction: Path | None, mask: Path | None,
+def _problem(case: str, references: list[Path], prediction: Path | None, mask: Path | None, *,
              prediction_folder: Path, mask_folder: Path | None, file_ending: str) -> str | None:
     """Why a case cannot be evaluated, with the fix; None if its files are all there."""
     if len(references) > 1:
@@ -107,7 +107,7 @@ def _problem(case: str, references: list[Path], prediction: Path | None, mask: P
     return None
 
 
-def pair_case_files(reference_folder: str | Path, prediction_folder: str | Path, file_ending: str,
+def pair_case_files(reference_folder: str | Path, prediction_folder: str | Path, file_ending: str, *,
                     ref_channel: int | None = None, mask_folder: str | Path | None = None,
                     std_folder: str | Path | None = None) -> tuple[list[CaseFiles], list[Path]]:
     """Each reference case's files (sorted by case) and the predictions no reference asks for."""
@@ -126,7 +126,8 @@ def pair_case_files(reference_folder: str | Path, prediction_folder: str | Path,
     for case, references in cases.items():
         prediction, mask = predictions.get(case), masks.get(case)
         std = std_folder / f"{case}{STD_SUFFIX}{file_ending}"
-        problem = _problem(case, references, prediction, mask, prediction_folder, mask_folder, file_ending)
+        problem = _problem(case, references, prediction, mask, prediction_folder=prediction_folder,
+                           mask_folder=mask_folder, file_ending=file_ending)
         paired.append(CaseFiles(case, references[0], prediction, std if std.is_file() else None, mask, problem))
     extra = [f for stem, f in predictions.items() if stem not in cases]
     return paired, extra

@@ -32,7 +32,7 @@ class CaseFailed(DiffensError):
     """A case cannot be evaluated; the message names its files and the fix."""
 
 
-def result_row(case: str, region: str, status: str, message: str = "", num_voxels: int = 0,
+def result_row(case: str, region: str, status: str, message: str = "", *, num_voxels: int = 0,
                data_range: float = float("nan"), **metrics: float) -> dict:
     """A row of the per-case table; metrics left out are NaN (not available)."""
     return {"case": case, "region": region, **{m: metrics.get(m, float("nan")) for m in METRICS},
@@ -69,7 +69,7 @@ def regions(reference: np.ndarray, mask: np.ndarray | None) -> list[tuple[str, n
     return [(REGION_ALL, labels > 0)] + [(f"label_{int(v)}", labels == v) for v in np.unique(labels[labels > 0])]
 
 
-def region_row(case: str, name: str, region: np.ndarray | None, reference: np.ndarray, prediction: np.ndarray,
+def region_row(case: str, name: str, region: np.ndarray | None, reference: np.ndarray, prediction: np.ndarray, *,
                std: np.ndarray | None, moments: LocalMoments | None, data_range: float | None) -> dict:
     """The metrics of one region of one case, with notes on the values that are undefined."""
     num_voxels = int(reference.size if region is None else np.count_nonzero(region))
@@ -124,7 +124,8 @@ def _evaluate(files: CaseFiles, settings: EvaluationSettings):
         moments, ssim_note = None, f"SSIM is undefined: {too_small}"
     rows = []
     for name, region in regions(reference, mask):
-        row = region_row(files.case, name, region, reference, prediction, std, moments, settings.data_range)
+        row = region_row(files.case, name, region, reference, prediction, std=std, moments=moments,
+                         data_range=settings.data_range)
         row["message"] = "; ".join(note for note in (row["message"], crop_note, ssim_note) if note)
         rows.append(row)
     patches = _patches(files.case, reference, prediction, mask, settings) if settings.mmd else None

@@ -124,16 +124,17 @@ def write_results(results: dict, table: pd.DataFrame, output_file: str | Path) -
     return json_file, csv_file
 
 
-def evaluate_folders(reference_folder: str | Path, prediction_folder: str | Path, mask_folder: str | Path | None = None,
-                     std_folder: str | Path | None = None, output_file: str | Path | None = None,
-                     data_range: float | None = None, file_ending: str | None = None, num_processes: int = 4,
-                     mmd: bool = True, ref_channel: int | None = None, mmd_patch_size: int = 8,
-                     mmd_patches_per_case: int = 32, seed: int = 0, verbose: bool = True) -> dict:
+def evaluate_folders(reference_folder: str | Path, prediction_folder: str | Path, *,
+                     mask_folder: str | Path | None = None, std_folder: str | Path | None = None,
+                     output_file: str | Path | None = None, data_range: float | None = None,
+                     file_ending: str | None = None, num_processes: int = 4, mmd: bool = True,
+                     ref_channel: int | None = None, mmd_patch_size: int = 8, mmd_patches_per_case: int = 32,
+                     seed: int = 0, verbose: bool = True) -> dict:
     """Evaluate every reference case against its prediction; write JSON + CSV and return the JSON dict."""
     check_data_range(data_range)
     file_ending = file_ending or detect_file_ending(reference_folder)
-    cases, extra = pair_case_files(reference_folder, prediction_folder, file_ending, ref_channel, mask_folder,
-                                   std_folder)
+    cases, extra = pair_case_files(reference_folder, prediction_folder, file_ending, ref_channel=ref_channel,
+                                   mask_folder=mask_folder, std_folder=std_folder)
     if extra:
         warnings.warn(f"{len(extra)} prediction(s) without a reference, ignored: {', '.join(f.name for f in extra)}")
     settings = EvaluationSettings(data_range, mmd, (mmd_patch_size,) * 3, mmd_patches_per_case, seed)

@@ -89,7 +89,7 @@ def mean_ssim(moments: LocalMoments, data_range: float, mask: np.ndarray | None 
 
 
 def ssim3d(reference: np.ndarray, prediction: np.ndarray, data_range: float | None = None,
-           mask: np.ndarray | None = None, sigma: float = SIGMA, k1: float = K1, k2: float = K2) -> float:
+           mask: np.ndarray | None = None, *, sigma: float = SIGMA, k1: float = K1, k2: float = K2) -> float:
     """Mean SSIM (Gaussian window sigma 1.5, K1 0.01, K2 0.03) of interior voxels in `mask`; L: ref max − min."""
     check_data_range(data_range)
     if data_range is None:

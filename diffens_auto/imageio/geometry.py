@@ -55,7 +55,7 @@ def to_file_order(array: np.ndarray, spacing, origin, direction, reorientation: 
     return np.transpose(array, inverse), spacing[inverse], origin, direction[:, inverse]
 
 
-def make_props(shape, spacing, origin, direction, reorientation: dict, io: dict) -> dict:
+def make_props(shape, spacing, origin, direction, *, reorientation: dict, io: dict) -> dict:
     """Assemble a JSON-serialisable props dict (plain lists, floats and ints)."""
     return {
         "spacing": [float(s) for s in spacing],

@@ -38,7 +38,8 @@ def read_nibabel(path: str | os.PathLike):
     return array, spacing, LPS_TO_RAS @ affine[:3, 3], columns / spacing, io
 
 
-def write_nibabel(file_array: np.ndarray, spacing, origin, direction, io: dict, path: str | os.PathLike) -> None:
+def write_nibabel(file_array: np.ndarray, spacing, origin, direction, *, io: dict,
+                  path: str | os.PathLike) -> None:
     """Write a file-ordered array as NIfTI with the qform/sform codes in `io` (the qform drops any shear)."""
     affine = np.eye(4)
     affine[:3, :3] = LPS_TO_RAS @ np.asarray(direction, float) @ np.diag(spacing)

@@ -32,7 +32,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     reorientation = canonical_reorientation(spacing, direction)
     array, spacing, origin, direction = to_canonical(array.astype(np.float32, copy=False), spacing, origin, direction,
                                                      reorientation)
-    return array, make_props(array.shape, spacing, origin, direction, reorientation, io)
+    return array, make_props(array.shape, spacing, origin, direction, reorientation=reorientation, io=io)
 
 
 def _read_refused_by_simpleitk(path: Path, sitk_error: RuntimeError):
@@ -91,7 +91,7 @@ def write_image(array: np.ndarray, props: dict, path: str | os.PathLike) -> None
     io = props.get("io", {"backend": "simpleitk"})
     with atomic_path(path) as tmp:
         if io.get("backend") == "nibabel" and str(path).lower().endswith((".nii", ".nii.gz")):
-            write_nibabel(np.ascontiguousarray(file_array), spacing, origin, direction, io, tmp)
+            write_nibabel(np.ascontiguousarray(file_array), spacing, origin, direction, io=io, path=tmp)
         else:
             try:
                 write_simpleitk(file_array, spacing, origin, direction, tmp)

@@ -74,7 +74,8 @@ def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], fi
     degradation = task_plans.get("degradation")
     if not degradation:
         first = int(task_plans["inputs"][0])
-        _check_on_grid(props, files, task_plans["inputs"][1:], props[first], "the first input's grid", "")
+        _check_on_grid(props, files, task_plans["inputs"][1:], props[first], grid="the first input's grid",
+                       other_fix="")
         keep = np.any(np.stack([arrays[int(c)] != 0 for c in task_plans["inputs"]]), axis=0)
         return copy.deepcopy(props[first]), None, keep
     target = int(task_plans["target"])
@@ -94,12 +95,12 @@ def _output_grid(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], fi
     hr_shape = [int(n) for n in output_props["shape"]]
     keep = operator.pinv(torch.from_numpy((lowres != 0).astype(np.float32)), hr_shape).numpy() > 0
     grid = (f"the low-resolution input x {list(operator.factor)}" if input_grid == "lr" else "the input grid")
-    _check_on_grid(props, files, task_plans["inputs"], output_props, f"{grid} (shape {hr_shape})",
-                   " or give the target input on the other grid (--input_grid lr|hr)")
+    _check_on_grid(props, files, task_plans["inputs"], output_props, grid=f"{grid} (shape {hr_shape})",
+                   other_fix=" or give the target input on the other grid (--input_grid lr|hr)")
     return output_props, lowres, keep
 
 
-def _check_on_grid(props: Mapping[int, dict], files: Mapping, channels, grid_props: dict, grid: str,
+def _check_on_grid(props: Mapping[int, dict], files: Mapping, channels, grid_props: dict, *, grid: str,
                    other_fix: str) -> None:
     """CaseInputError naming the file of the first channel whose image is not on the output grid."""
     for channel in channels:
@@ -134,11 +135,12 @@ def _resample_like(volume: np.ndarray, properties: Mapping, order: int = 1) -> n
     region = tuple(slice(lo, hi) for lo, hi in properties["bbox"])
     resampling = properties["resampling"]
     return resample_data(volume[region][None], properties["spacing_before_resampling"],
-                         properties["spacing_after_resampling"], properties["shape_after_resampling"], order, order,
-                         resampling["anisotropy_threshold"], separate_z=resampling["separate_z_axis"])[0]
+                         properties["spacing_after_resampling"], properties["shape_after_resampling"], order=order,
+                         order_z=order, anisotropy_threshold=resampling["anisotropy_threshold"],
+                         separate_z=resampling["separate_z_axis"])[0]
 
 
-def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], plans: Mapping, task: str,
+def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], plans: Mapping, task: str, *,
                  input_grid: str = "lr", case_id: str = "case", files: Mapping | None = None,
                  consistency: bool = True) -> PreparedCase:
     """Preprocess one case's canonical input arrays (by dataset channel) for sampling `task` (module docstring)."""
@@ -163,7 +165,8 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
         # Only the input's non-zero blocks are predicted (the rest is exactly 0): cropping to them also starts the
         # crop on a block boundary, so A on the preprocessed grid pools the same blocks as A on the output grid.
         rows = [row * keep for row in rows]
-    data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props, plans, case_id, channels)
+    data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props, plans, case_id,
+                                                               channels=channels)
     percentiles = plans.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
     entries = properties["normalization"]
     if degradation:

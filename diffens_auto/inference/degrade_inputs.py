@@ -49,7 +49,7 @@ def degrade_case(case_id: str, files: dict[int, str], output_folder: str, target
     return {"case": case_id, "status": WRITTEN, "files": written, "message": ""}
 
 
-def degrade_folder(input_folder, output_folder, dataset, task: str, num_processes: int = 1,
+def degrade_folder(input_folder, output_folder, dataset, task: str, *, num_processes: int = 1,
                    verbose: bool = True) -> dict:
     """Write `task`'s prediction inputs for every case of `input_folder` into `output_folder`; returns a summary.
 

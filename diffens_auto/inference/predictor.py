@@ -182,8 +182,8 @@ class DiffensPredictor:
                        files: Mapping | None = None):
         """(mean, std or None, output props, PreparedCase) for canonical input arrays by dataset channel."""
         model = self._require_model()
-        case = prepare_case(arrays, props, model.plans, model.task, self.sampling.input_grid, case_id, files,
-                            self.consistency)
+        case = prepare_case(arrays, props, model.plans, model.task, input_grid=self.sampling.input_grid,
+                            case_id=case_id, files=files, consistency=self.consistency)
         samples = self.sample_case(case)
         stacked = np.stack(samples)
         mean = stacked.mean(axis=0).astype(np.float32)
@@ -258,20 +258,21 @@ class DiffensPredictor:
         for case in tqdm(cases, desc="cases", unit="case", disable=not self.progress):
             outputs = self.output_paths(output_folder, case.case_id)
             if continue_prediction and all(p.is_file() for p in outputs.values()):
-                summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0, outputs,
-                            case.files)
+                summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0,
+                            outputs=outputs, inputs=case.files)
                 continue
             started = time.time()
             try:
                 self.predict_case(case, output_folder)
-                summary.add(case.case_id, "done", "", time.time() - started, outputs, case.files)
+                summary.add(case.case_id, "done", "", time.time() - started, outputs=outputs, inputs=case.files)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:   # one bad case never stops the batch: it is reported in the summary
                 message = f"{type(e).__name__}: {e}"
                 if not isinstance(e, (DiffensError, ValueError, OSError)):
                     message += "\n" + traceback.format_exc(limit=-3)
-                summary.add(case.case_id, "failed", message, time.time() - started, outputs, case.files)
+                summary.add(case.case_id, "failed", message, time.time() - started, outputs=outputs,
+                            inputs=case.files)
             summary.write()
         summary.write()
         return summary.as_dict()

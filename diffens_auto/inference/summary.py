@@ -30,7 +30,7 @@ class PredictionSummary:
         self.settings_file = output_folder / f"prediction_settings{suffix}.json"
         self.rows: list[dict] = []
 
-    def add(self, case_id: str, status: str, message: str, seconds: float, outputs: Mapping[str, Path],
+    def add(self, case_id: str, status: str, message: str, seconds: float, *, outputs: Mapping[str, Path],
             inputs: Mapping) -> None:
         """Record one case."""
         assert status in STATUSES

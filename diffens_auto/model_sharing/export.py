@@ -73,7 +73,7 @@ def _model_folders(dataset_results: Path, tasks, configurations, plans_name) -> 
             and (configurations is None or m.configuration in configurations)]
 
 
-def select_folds(dataset_name: str, tasks=None, configurations=None, folds=(0,), plans_name=None,
+def select_folds(dataset_name: str, *, tasks=None, configurations=None, folds=(0,), plans_name=None,
                  checkpoints=(FINAL,)) -> list[ExportedFold]:
     """The fold folders to export: those holding every requested checkpoint (all of them where -c names them)."""
     dataset_results = paths.results_folder() / dataset_name
@@ -173,7 +173,7 @@ def _write_member(archive: zipfile.ZipFile, source: Path, name: str) -> tuple[in
         return copy_with_sha256(f, member)
 
 
-def export_model_to_zip(dataset, output_file, tasks: Sequence[str] | None = None,
+def export_model_to_zip(dataset, output_file, *, tasks: Sequence[str] | None = None,
                         configurations: Sequence[str] | None = None, folds=(0,), plans_name: str | None = None,
                         checkpoints: Sequence[str] = (FINAL,)) -> Path:
     """Write trained models of `dataset` (default: every trained task/configuration of fold 0) into a zip; returns it.
@@ -184,8 +184,9 @@ def export_model_to_zip(dataset, output_file, tasks: Sequence[str] | None = None
     dataset_name = resolve_dataset_name(dataset)
     checkpoints = tuple(checkpoints)
     folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
-    selected = select_folds(dataset_name, list(tasks) if tasks else None,
-                            list(configurations) if configurations else None, folds, plans_name, checkpoints)
+    selected = select_folds(dataset_name, tasks=list(tasks) if tasks else None,
+                            configurations=list(configurations) if configurations else None, folds=folds,
+                            plans_name=plans_name, checkpoints=checkpoints)
     files, expected, experts = collect_export(dataset_name, selected, checkpoints)
     output_file = Path(output_file)
     listed = []

@@ -12,7 +12,8 @@ from torch import nn
 MAX_PERIOD = 10000.0   # longest period of the sinusoidal timestep embedding (DDPM / Transformer convention)
 
 
-def conv_nd(spatial_dims: int, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None) -> nn.Module:
+def conv_nd(spatial_dims: int, in_channels: int, out_channels: int, kernel_size=3, *, stride=1,
+            padding=None) -> nn.Module:
     """A Conv2d or Conv3d; padding defaults to 'same' for odd kernels."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -67,7 +68,7 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, embed_dim: int, norm_num_groups: int,
-                 dropout: float = 0.0, kernel_size: int = 3):
+                 *, dropout: float = 0.0, kernel_size: int = 3):
         super().__init__()
         self.norm_1 = nn.GroupNorm(norm_num_groups, in_channels)
         self.conv_1 = conv_nd(spatial_dims, in_channels, out_channels, kernel_size)
@@ -149,7 +150,7 @@ class OutputHead(nn.Module):
     """GroupNorm, SiLU, conv3 to the output channels (optionally zero-initialised)."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm_num_groups: int,
-                 kernel_size: int = 3, zero_init: bool = False):
+                 kernel_size: int = 3, *, zero_init: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(norm_num_groups, in_channels)
         self.conv = conv_nd(spatial_dims, in_channels, out_channels, kernel_size)

@@ -99,7 +99,7 @@ class DiffusionUNet(nn.Module):
         self.gradient_checkpointing = bool(gradient_checkpointing)
 
         def res(ci, co):
-            return ResBlock(dims, ci, co, emb, groups, dropout, kernel)
+            return ResBlock(dims, ci, co, emb, groups, dropout=dropout, kernel_size=kernel)
 
         def attn(c, level):
             return [AttentionBlock(c, groups, head_channels) for _ in range(nrb)] if level in attention_levels else None

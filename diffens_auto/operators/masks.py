@@ -36,7 +36,7 @@ def _centred_range(n: int, width: int) -> np.ndarray:
     return np.arange(max(start, 0), min(start + width, n))
 
 
-def uniform_1d_mask(shape: Sequence[int], acceleration: float, acs_lines: int = 24, axis: int = -1,
+def uniform_1d_mask(shape: Sequence[int], acceleration: float, acs_lines: int = 24, *, axis: int = -1,
                     seed: int = 0, pattern: str = "random") -> torch.Tensor:
     """Cartesian line mask of `shape`: lines along `axis` (phase encode), ACS lines at the centre, the rest random."""
     shape = tuple(int(n) for n in shape)
@@ -95,7 +95,7 @@ def _poisson_pattern(order: np.ndarray, radius_y: np.ndarray, radius_x: np.ndarr
     return mask
 
 
-def poisson_disc_mask(shape: Sequence[int], acceleration: float, acs: int | Sequence[int] = 24, seed: int = 0,
+def poisson_disc_mask(shape: Sequence[int], acceleration: float, acs: int | Sequence[int] = 24, *, seed: int = 0,
                       crop_corner: bool = True, tol: float = 0.02, max_iterations: int = 30) -> torch.Tensor:
     """Variable-density Poisson-disc mask of a 2D phase-encode plane (ny, nx); ACS box fully sampled at the centre."""
     shape = tuple(int(n) for n in shape)

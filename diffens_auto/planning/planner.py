@@ -23,7 +23,7 @@ class PlanningError(DiffensError, ValueError):
 
 
 def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset_name: str,
-                    gpu_memory_target_gb: float = 24.0, preset: str = "default") -> dict:
+                    gpu_memory_target_gb: float = 24.0, *, preset: str = "default") -> dict:
     """Plan spacing, crop, expert and ensembler topologies, batch sizes and training schedule within the budget."""
     p = get_preset(preset)
     names = {int(k): str(v) for k, v in channel_names.items()}
@@ -37,7 +37,7 @@ def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset
     multiples = axis_multiples(2 ** (levels - 1), task_sections)
     crop = round_up(extent, multiples)
 
-    fitter = _Fitter(p, gpu_memory_target_gb, crop, levels, multiples, task_sections)
+    fitter = _Fitter(p, gpu_memory_target_gb, crop=crop, levels=levels, multiples=multiples, tasks=task_sections)
     configurations = {name: fitter.fit_expert(name, axis) for name, axis in EXPERT_PLANES.items()}
     experts = {name: configurations[name] for name in p.ensembler_experts}
     for name, small in ENSEMBLERS.items():
@@ -153,7 +153,7 @@ def _shape_str(shape) -> str:
 class _Fitter:
     """Chooses batch sizes, channel scales and ensembler patches so every estimate fits the budget."""
 
-    def __init__(self, p: Preset, budget_gb: float, crop, levels: int, multiples, tasks: dict):
+    def __init__(self, p: Preset, budget_gb: float, *, crop, levels: int, multiples, tasks: dict):
         self.p, self.budget, self.crop, self.levels, self.multiples = p, budget_gb, list(crop), levels, multiples
         self.conditions = {name: len(task["condition_channels"]) for name, task in tasks.items()}
 
@@ -213,7 +213,7 @@ class _Fitter:
         p = self.p
         in_per_task = {t: ensembler_in_channels(n, len(experts)) for t, n in self.conditions.items()}
         network = ensembler_network(p, fine_tune_shape, self.levels, max(in_per_task.values()), len(experts),
-                                    small, scale)
+                                    small=small, scale=scale)
         if not small:
             network["feature_injection"] = feature_injection(experts, network, fine_tune_shape)
         pretrain = [min(f, max(m, p.ensembler_pretrain_patch // m * m))

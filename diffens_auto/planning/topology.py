@@ -91,7 +91,7 @@ def ensembler_out_channels(num_experts: int) -> int:
     return num_experts
 
 
-def _unet(preset: Preset, spatial_dims: int, channels: list[int], attention: list[int], in_channels: int,
+def _unet(preset: Preset, spatial_dims: int, channels: list[int], attention: list[int], *, in_channels: int,
           out_channels: int, dropout: float) -> dict:
     """The network entries every diffusion U-Net of a plan has (see documentation/planning.md)."""
     return {
@@ -117,7 +117,8 @@ def expert_network(preset: Preset, plane_shape, levels: int, in_channels: int, s
                                preset.channel_granularity)
     attention = attention_levels(plane_shape, levels, preset.expert_max_attention_tokens)
     return {
-        **_unet(preset, 2, channels, attention, in_channels, 1, preset.expert_dropout),
+        **_unet(preset, 2, channels, attention, in_channels=in_channels, out_channels=1,
+                dropout=preset.expert_dropout),
         "gradient_checkpointing": False,
         "context_slices": preset.context_slices,
         "position_channels": preset.position_channels,
@@ -126,7 +127,7 @@ def expert_network(preset: Preset, plane_shape, levels: int, in_channels: int, s
     }
 
 
-def ensembler_network(preset: Preset, volume_shape, levels: int, in_channels: int, num_experts: int,
+def ensembler_network(preset: Preset, volume_shape, levels: int, in_channels: int, num_experts: int, *,
                       small: bool, scale: float = 1.0) -> dict:
     """Network dict of a 3D ensembler (feature injection entries are added by `feature_injection`)."""
     base = preset.small_ensembler_base_channels if small else preset.ensembler_base_channels
@@ -134,8 +135,8 @@ def ensembler_network(preset: Preset, volume_shape, levels: int, in_channels: in
     channels = scaled_channels(base, multipliers, levels, scale, preset.channel_granularity)
     attention = attention_levels(volume_shape, levels, preset.ensembler_max_attention_tokens)
     return {
-        **_unet(preset, 3, channels, attention, in_channels, ensembler_out_channels(num_experts),
-                preset.ensembler_dropout),
+        **_unet(preset, 3, channels, attention, in_channels=in_channels,
+                out_channels=ensembler_out_channels(num_experts), dropout=preset.ensembler_dropout),
         "output_heads": {"weights": num_experts - 1, "residual": 1},
         "gradient_checkpointing": True,
         "zero_init_output": True,

@@ -92,7 +92,7 @@ def preprocess_case(files: list[Path], plans: Mapping, case_id: str, return_mask
     return result + (mask_original,) if return_mask_original else result
 
 
-def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, case_id: str,
+def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, case_id: str, *,
                       channels: list[int] | None = None, files=None):
     """Crop, resample and normalise a case already in memory: raw (C, X, Y, Z) canonical, with its imageio props.
 
@@ -108,8 +108,9 @@ def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, cas
     axis = separate_z_axis(spacing, target, resampling["anisotropy_threshold"])
     new_shape = compute_new_shape(cropped.shape[1:], spacing, target)
 
-    data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape, resampling["order"],
-                         resampling["order_z"], resampling["anisotropy_threshold"], separate_z=axis)
+    data = resample_data(extend_foreground(cropped, mask_original), spacing, target, new_shape,
+                         order=resampling["order"], order_z=resampling["order_z"],
+                         anisotropy_threshold=resampling["anisotropy_threshold"], separate_z=axis)
     mask = foreground_at_spacing(mask_original, spacing, target, new_shape)
     # Zero outside the foreground before normalising: removes spline ringing and makes background invert to 0.
     data[:, ~mask] = 0
@@ -138,7 +139,7 @@ def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, cas
 def preprocess_and_save_case(case_id: str, files: list[Path], plans: Mapping, output_folder: Path) -> None:
     """Preprocess one case and write its files into `output_folder` (JSON last)."""
     data, mask, properties, mask_original = preprocess_case(files, plans, case_id, return_mask_original=True)
-    storage.save_case(output_folder, case_id, data, mask, mask_original, properties)
+    storage.save_case(output_folder, case_id, data, mask, mask_original=mask_original, properties=properties)
 
 
 def _worker(case_id: str, files: list[Path], plans: Mapping, output_folder: Path) -> tuple[str, str | None]:
@@ -158,7 +159,7 @@ def _check_case_ids(case_ids) -> None:
                                  "the cases so that no id is another id followed by '_mask'.")
 
 
-def preprocess_dataset(cases: Mapping[str, list[Path]], plans: Mapping, output_folder: Path,
+def preprocess_dataset(cases: Mapping[str, list[Path]], plans: Mapping, output_folder: Path, *,
                        num_processes: int = 4, clean: bool = False, verbose: bool = True) -> dict:
     """Preprocess `cases` ({case_id: files per channel}) into `output_folder`; return a summary.
 

@@ -73,7 +73,7 @@ def _zoom_separate(volume: np.ndarray, new_shape: Sequence[int], axis: int, orde
 
 
 def resample_data(data: np.ndarray, current_spacing: Sequence[float], new_spacing: Sequence[float],
-                  new_shape: Sequence[int] | None = None, order: int = 3, order_z: int = 0,
+                  new_shape: Sequence[int] | None = None, *, order: int = 3, order_z: int = 0,
                   anisotropy_threshold: float = 3.0, separate_z: int | None | str = AUTO) -> np.ndarray:
     """Resample `data` (C, X, Y, Z) from `current_spacing` to `new_spacing` (or `new_shape`); float32 out.
 
@@ -97,7 +97,8 @@ def resample_data(data: np.ndarray, current_spacing: Sequence[float], new_spacin
 
 
 def resample_mask(mask: np.ndarray, current_spacing: Sequence[float], new_spacing: Sequence[float],
-                  new_shape: Sequence[int] | None = None, method: str = "linear", threshold: float = 0.5) -> np.ndarray:
+                  new_shape: Sequence[int] | None = None, *, method: str = "linear",
+                  threshold: float = 0.5) -> np.ndarray:
     """Resample a binary (X, Y, Z) mask: "linear" (trilinear, then > `threshold`) or "nearest"; returns bool."""
     mask = np.asarray(mask)
     if mask.ndim != 3:

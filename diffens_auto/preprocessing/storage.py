@@ -62,7 +62,7 @@ def read_array(path: str | Path, mmap: bool = False):
     return array if mmap else array[...]
 
 
-def save_case(folder: str | Path, case_id: str, data: np.ndarray, mask: np.ndarray, mask_original: np.ndarray,
+def save_case(folder: str | Path, case_id: str, data: np.ndarray, mask: np.ndarray, *, mask_original: np.ndarray,
               properties: dict) -> None:
     """Write one preprocessed case; the properties JSON goes last so that it marks a complete case."""
     paths = case_paths(folder, case_id)

@@ -37,7 +37,8 @@ def degrade_entry() -> None:
 
     def work():
         from diffens_auto.inference.degrade_inputs import FAILED, degrade_folder
-        summary = degrade_folder(args.input_folder, args.output_folder, args.dataset, args.task, args.num_processes)
+        summary = degrade_folder(args.input_folder, args.output_folder, args.dataset, args.task,
+                                 num_processes=args.num_processes)
         print(f"{summary['dataset']} task {summary['task']}: {summary['note']}.")
         for entry in summary["cases"]:
             if entry["status"] == FAILED:

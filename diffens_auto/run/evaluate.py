@@ -54,9 +54,11 @@ def evaluate_entry() -> None:
         from diffens_auto.evaluation.evaluate_folders import DEFAULT_OUTPUT_NAME, format_summary
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = evaluate_folders(args.ref, args.pred, args.mask, args.std, args.output, args.data_range,
-                                       args.file_ending, args.np, not args.no_mmd, args.ref_channel,
-                                       args.mmd_patch_size, args.mmd_patches_per_case, args.seed)
+            results = evaluate_folders(args.ref, args.pred, mask_folder=args.mask, std_folder=args.std,
+                                       output_file=args.output, data_range=args.data_range,
+                                       file_ending=args.file_ending, num_processes=args.np, mmd=not args.no_mmd,
+                                       ref_channel=args.ref_channel, mmd_patch_size=args.mmd_patch_size,
+                                       mmd_patches_per_case=args.mmd_patches_per_case, seed=args.seed)
         for warning in caught:
             print(f"WARNING: {warning.message}", file=sys.stderr)
         print(format_summary(results))

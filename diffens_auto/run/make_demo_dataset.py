@@ -35,8 +35,9 @@ def make_demo_dataset_entry() -> None:
 
     def work():
         try:
-            folder = make_demo_dataset(args.output_folder, args.dataset_id, args.num_cases, tuple(args.shape),
-                                       tuple(args.spacing), args.seed, args.noise)
+            folder = make_demo_dataset(args.output_folder, args.dataset_id, num_cases=args.num_cases,
+                                       shape=tuple(args.shape), spacing=tuple(args.spacing), seed=args.seed,
+                                       noise=args.noise)
         except ValueError as e:  # the arguments do not make a valid phantom
             parser.error(str(e))
         print(f"Wrote {args.num_cases} demo cases to {folder}")

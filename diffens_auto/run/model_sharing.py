@@ -44,8 +44,8 @@ def _install_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _export(args) -> None:
     from diffens_auto.model_sharing import export_model_to_zip
-    path = export_model_to_zip(args.dataset, args.output_file, args.tasks, args.configurations, args.folds,
-                               args.plans, args.checkpoints)
+    path = export_model_to_zip(args.dataset, args.output_file, tasks=args.tasks, configurations=args.configurations,
+                               folds=args.folds, plans_name=args.plans, checkpoints=args.checkpoints)
     print(f"Wrote {path}")
 
 

@@ -30,8 +30,9 @@ def plan_and_preprocess_entry() -> None:
     def work():
         from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
         for d in args.d:
-            plans_file = plan_and_preprocess(d, args.pl, args.gpu_memory_target, args.np,
-                                             args.verify_dataset_integrity, args.no_pp, args.clean)
+            plans_file = plan_and_preprocess(d, args.pl, gpu_memory_target_gb=args.gpu_memory_target,
+                                             num_processes=args.np, verify_integrity=args.verify_dataset_integrity,
+                                             no_pp=args.no_pp, clean=args.clean)
             print(f"Plans written to {plans_file}")
     run_command(work)
 

@@ -47,8 +47,9 @@ def default_loaders(run: RunSpec) -> LoaderFactory:
         cases = run.val_cases if validation else run.train_cases
         common = dict(validation=validation, batch_size=stage.batch_size, num_workers=0 if validation else None)
         if run.kind == "expert":
-            return ExpertDataLoader(data_folder, cases, run.plans, run.task, run.configuration, seed, epoch, **common)
-        return EnsemblerDataLoader(data_folder, cases, run.plans, run.task, run.configuration, seed, epoch,
+            return ExpertDataLoader(data_folder, cases, run.plans, run.task, run.configuration, seed=seed,
+                                    epoch=epoch, **common)
+        return EnsemblerDataLoader(data_folder, cases, run.plans, run.task, run.configuration, seed=seed, epoch=epoch,
                                    patch_size=list(stage.patch_size), **common)
     return factory
 

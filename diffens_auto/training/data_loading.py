@@ -48,7 +48,7 @@ class _VolumeSampler(SlimDataLoaderBase):
 
     kind = ""
 
-    def __init__(self, data_folder, case_ids: Sequence[str], plans: Mapping, task: str, configuration: str,
+    def __init__(self, data_folder, case_ids: Sequence[str], plans: Mapping, task: str, configuration: str, *,
                  seed: int, epoch: int, batch_size: int | None, validation: bool,
                  augmentation: AugmentationSettings | None, volume_shape: Sequence[int] | None = None):
         config = plans["configurations"][configuration]
@@ -156,13 +156,12 @@ class EnsemblerBatchSampler(_VolumeSampler):
 
     kind = "ensembler"
 
-    def __init__(self, data_folder, case_ids, plans, task, configuration, *args,
+    def __init__(self, data_folder, case_ids, plans, task, configuration, *,
                  patch_size: Sequence[int] | None = None, **kwargs):
         config = plans["configurations"][configuration]
         self.patch_size = tuple(int(n) for n in (patch_size or config["patch_size"]))
         volume_shape = tuple(max(int(c), p) for c, p in zip(plans["crop_size"], self.patch_size))
-        super().__init__(data_folder, case_ids, plans, task, configuration, *args, volume_shape=volume_shape,
-                         **kwargs)
+        super().__init__(data_folder, case_ids, plans, task, configuration, volume_shape=volume_shape, **kwargs)
 
     def generate_train_batch(self) -> dict:
         rng = self.rng
@@ -196,7 +195,7 @@ class _BatchLoader:
 
     @classmethod
     def for_fold(cls, preprocessed_dataset_folder: str | Path, plans: Mapping, task: str, configuration: str,
-                 fold: int | str = 0, validation: bool = False, **kwargs):
+                 fold: int | str = 0, *, validation: bool = False, **kwargs):
         """A loader over a fold's training (or, with validation=True, validation) cases of the plans' data."""
         train, val = split_case_ids(preprocessed_dataset_folder, fold)
         data_folder = Path(preprocessed_dataset_folder) / plans["data_identifier"]
@@ -249,7 +248,7 @@ class ExpertDataLoader(_BatchLoader):
     """Expert batches {"y0": (B, 1, a, b), "condition": (B, in_channels - 1, a, b)} of one configuration and task."""
 
     def __init__(self, data_folder: str | Path, case_ids: Sequence[str], plans: Mapping, task: str,
-                 configuration: str, seed: int = 0, epoch: int = 0, *, validation: bool = False,
+                 configuration: str, *, seed: int = 0, epoch: int = 0, validation: bool = False,
                  batch_size: int | None = None, num_workers: int | None = None,
                  augmentation: AugmentationSettings | None = None, slices_per_case: int = 1):
         """`data_folder`: preprocessed/DatasetXXX/<data_identifier>; `case_ids`: the fold's training (or val) cases.
@@ -257,8 +256,9 @@ class ExpertDataLoader(_BatchLoader):
         batch_size defaults to the configuration's; `slices_per_case` slices come from each drawn case (1: every
         slice of a batch from its own random case); num_workers defaults to `diffens_n_proc_DA`.
         """
-        sampler = ExpertBatchSampler(data_folder, case_ids, plans, task, configuration, seed, epoch, batch_size,
-                                     validation, augmentation, slices_per_case=slices_per_case)
+        sampler = ExpertBatchSampler(data_folder, case_ids, plans, task, configuration, seed=seed, epoch=epoch,
+                                     batch_size=batch_size, validation=validation, augmentation=augmentation,
+                                     slices_per_case=slices_per_case)
         super().__init__(sampler, num_workers)
 
 
@@ -266,11 +266,12 @@ class EnsemblerDataLoader(_BatchLoader):
     """Ensembler batches {"y0": (B, 1, *patch), "condition": (B, n_cond, *patch)} of one configuration and task."""
 
     def __init__(self, data_folder: str | Path, case_ids: Sequence[str], plans: Mapping, task: str,
-                 configuration: str, seed: int = 0, epoch: int = 0, *, validation: bool = False,
+                 configuration: str, *, seed: int = 0, epoch: int = 0, validation: bool = False,
                  batch_size: int | None = None, num_workers: int | None = None,
                  augmentation: AugmentationSettings | None = None, patch_size: Sequence[int] | None = None):
         """As ExpertDataLoader; `patch_size` defaults to the configuration's (pretraining): pass its
         fine_tune_shape to fine-tune. A patch larger than the crop pads the crop to it."""
-        sampler = EnsemblerBatchSampler(data_folder, case_ids, plans, task, configuration, seed, epoch, batch_size,
-                                        validation, augmentation, patch_size=patch_size)
+        sampler = EnsemblerBatchSampler(data_folder, case_ids, plans, task, configuration, seed=seed, epoch=epoch,
+                                        batch_size=batch_size, validation=validation, augmentation=augmentation,
+                                        patch_size=patch_size)
         super().__init__(sampler, num_workers)

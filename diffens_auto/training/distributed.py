@@ -198,13 +198,24 @@ def run_rank(worker: Callable, context: RankContext, init_method: str, args: tup
         destroy_process_group()
 
 
-def _spawned(index: int, worker: Callable, world_size: int, init_method: str, device, threads: int, errors,
-             args: tuple) -> None:
+@dataclass(frozen=True)
+class _SpawnedJob:
+    """What every spawned rank runs and how it joins the group, as one picklable argument of mp.spawn."""
+
+    worker: Callable
+    world_size: int
+    init_method: str
+    device: str | torch.device
+    threads: int
+    args: tuple
+
+
+def _spawned(index: int, job: _SpawnedJob, errors) -> None:
     """Body of spawned process `index` (= rank = local rank): hands its exception to the parent via `errors`."""
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(threads)       # the ranks share the machine's cores
-    run_rank(worker, RankContext(index, world_size, index, torch.device(device)), init_method, args,
-             on_error=lambda error: errors.put(_pickled(error, index)))
+    if torch.device(job.device).type == "cpu":
+        torch.set_num_threads(job.threads)       # the ranks share the machine's cores
+    run_rank(job.worker, RankContext(index, job.world_size, index, torch.device(job.device)), job.init_method,
+             job.args, on_error=lambda error: errors.put(_pickled(error, index)))
 
 
 def _pickled(error: BaseException, rank: int) -> bytes:
@@ -235,9 +246,9 @@ def launch(worker: Callable, num_processes: int, device, *args) -> None:
     errors = mp.get_context("spawn").SimpleQueue()
     threads = max(1, torch.get_num_threads() // num_processes)
     init_method = f"tcp://{LOCALHOST}:{free_port()}"
+    job = _SpawnedJob(worker, num_processes, init_method, device, threads, args)
     try:
-        mp.spawn(_spawned, args=(worker, num_processes, init_method, device, threads, errors, args),
-                 nprocs=num_processes, join=True)
+        mp.spawn(_spawned, args=(job, errors), nprocs=num_processes, join=True)
     except mp.ProcessRaisedException:
         if not errors.empty():
             raise pickle.loads(errors.get()) from None

@@ -130,7 +130,7 @@ class FrozenExpert:
     record: dict
 
 
-def load_frozen_experts(specs, checkpoint_paths, plans: dict, configuration: str, task: str,
+def load_frozen_experts(specs, checkpoint_paths, plans: dict, *, configuration: str, task: str,
                         device) -> list[FrozenExpert]:
     """Load every expert's final EMA weights, frozen, each wrapped in an ExpertRunner over its plane."""
     slice_batch_size = plans["configurations"][configuration]["expert_slice_batch_size"]
@@ -168,7 +168,7 @@ def check_expert_hashes(recorded: list[dict], loaded: list[FrozenExpert]) -> Non
 
 
 @torch.no_grad()
-def run_experts(experts: list[FrozenExpert], y_t, condition, t, want_features: bool, positions=None):
+def run_experts(experts: list[FrozenExpert], y_t, condition, t, *, want_features: bool, positions=None):
     """Every expert over every slice of the volume: eps list and {name: restacked features} (Eq. 4)."""
     eps_list, features = [], {}
     for expert in experts:

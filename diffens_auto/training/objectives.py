@@ -26,6 +26,6 @@ class EnsemblerObjective:
         self.want_features = want_features
 
     def __call__(self, model, batch: dict, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_list, features = run_experts(self.experts, y_t, batch["condition"], t, self.want_features,
-                                         batch.get("positions"))
+        eps_list, features = run_experts(self.experts, y_t, batch["condition"], t, want_features=self.want_features,
+                                         positions=batch.get("positions"))
         return model(batch["condition"], y_t, eps_list, t, features)

@@ -73,7 +73,7 @@ def preprocess_for_dataset(dataset: str | int, plans_name: str | None = None, nu
     return target
 
 
-def plan_and_preprocess(dataset: str | int, preset: str = "default", gpu_memory_target_gb: float = 24.0,
+def plan_and_preprocess(dataset: str | int, preset: str = "default", *, gpu_memory_target_gb: float = 24.0,
                         num_processes: int = 4, verify_integrity: bool = False, no_pp: bool = False,
                         clean: bool = False) -> Path:
     """Run every step for one dataset: integrity (optional), fingerprint, plans, splits, preprocessing."""

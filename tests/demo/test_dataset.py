@@ -245,7 +245,8 @@ def test_entry_writes_the_dataset(tmp_path, monkeypatch):
     folder = tmp_path / "Dataset901_DemoBrain"
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
     assert len(list((folder / "imagesTr").iterdir())) == 8
-    assert _files(folder) == _files(make_demo_dataset(tmp_path / "api", 901, 2, (24, 24, 24), (2.0, 2.0, 2.0), 3))
+    assert _files(folder) == _files(make_demo_dataset(tmp_path / "api", 901, num_cases=2, shape=(24, 24, 24),
+                                                      spacing=(2.0, 2.0, 2.0), seed=3))
 
 
 def test_entry_defaults_to_the_raw_folder(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def test_an_oracle_denoiser_gives_back_the_reference(trained_demo_folders, task,
     arrays, props = {3: lowres}, {3: lowres_props}
     if task == "both":
         arrays[1], props[1] = t1ce, t1ce_props
-    case = prepare_case(arrays, props, plans, task, "lr", "oracle")
+    case = prepare_case(arrays, props, plans, task, input_grid="lr", case_id="oracle")
     assert case.properties["shape_after_crop"] == case.properties["shape_after_resampling"]   # crop only
 
     region = tuple(slice(lo, hi) for lo, hi in case.properties["bbox"])

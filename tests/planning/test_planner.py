@@ -156,7 +156,7 @@ def test_single_channel_sr_dataset():
 def test_task_spec_objects_are_accepted():
     task = SimpleNamespace(target=0, inputs=(), degradation=SimpleNamespace(type="avgpool", factor=(2, 2, 2)))
     plans = plan_experiment(brats_fingerprint(num_channels=1), {"sr": task}, {"0": "FLAIR"}, "Dataset501_FLAIR",
-                            40.0, "tiny")
+                            40.0, preset="tiny")
     assert plans["tasks"]["sr"]["degradation"] == {"type": "avgpool", "factor": [2, 2, 2]}
 
 
@@ -230,7 +230,7 @@ def test_context_slices_and_position_channels_widen_the_expert_input(monkeypatch
 
     madm = replace(presets.PRESETS["tiny"], context_slices=2, position_channels=3)
     monkeypatch.setitem(presets.PRESETS, "tiny", madm)
-    plans = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, "tiny")
+    plans = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, preset="tiny")
     expert = plans["configurations"]["2d_axial"]
     # noisy target + every condition channel with 2 neighbours on each side + 3 position channels
     assert expert["in_channels_per_task"] == {"sr": 1 + 5 + 3, "mt": 1 + 5 + 3, "both": 1 + 10 + 3}
