@@ -22,6 +22,14 @@ from typing import Iterator, Sequence
 import torch
 
 from diffens_auto import paths
+from diffens_auto.demo.dataset import make_demo_dataset
+from diffens_auto.planning.plans_file import load_plans
+from diffens_auto.training.assembly import TrainingOptions, build_trainer
+from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
+from diffens_auto.training.run_spec import resolve_run
+from diffens_auto.training.trainer import close_loader
+from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
+from diffens_auto.workflows.train import train
 
 DATASET_ID = 900
 TASK = "sr"
@@ -32,10 +40,6 @@ MODES = ("workers", "0 workers", "preloaded")
 def prepare_demo(folder: str | Path, num_cases: int = 4, shape: Sequence[int] = (48, 48, 48),
                  spacing: Sequence[float] = (1.5, 1.5, 1.5)) -> dict:
     """Point the diffens_* folders at `folder`, build the demo dataset there, plan it (tiny) and preprocess it."""
-    from diffens_auto.demo.dataset import make_demo_dataset
-    from diffens_auto.planning.plans_file import load_plans
-    from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
-
     folders = paths.use_folders(folder)
     make_demo_dataset(folders[paths.RAW_VARIABLE], dataset_id=DATASET_ID, num_cases=num_cases, shape=tuple(shape),
                       spacing=tuple(spacing))
@@ -45,8 +49,6 @@ def prepare_demo(folder: str | Path, num_cases: int = 4, shape: Sequence[int] = 
 
 def train_experts_briefly(plans: dict, configuration: str, seed: int = 0) -> None:
     """Give the ensembler's experts a checkpoint_final.pth (one iteration each)."""
-    from diffens_auto.workflows.train import train
-
     for expert in plans["configurations"][configuration]["experts"]:
         train(DATASET_ID, TASK, expert, plans_name=plans["plans_name"], num_epochs=1, iterations_per_epoch=1,
               seed=seed, echo=False, validate=False)
@@ -54,8 +56,6 @@ def train_experts_briefly(plans: dict, configuration: str, seed: int = 0) -> Non
 
 def make_loader(run, stage, num_workers: int, seed: int = 0):
     """The real training loader of a run for one stage (augmentation on) with `num_workers` workers."""
-    from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
-
     data_folder = run.preprocessed_dataset_folder / run.plans["data_identifier"]
     common = dict(batch_size=stage.batch_size, num_workers=num_workers)
     if run.kind == "expert":
@@ -96,8 +96,6 @@ def repeat(batch: dict) -> Iterator[dict]:
 
 def benchmark_stage(trainer, run, stage, iterations: int, workers: int) -> dict:
     """The four figures of one (configuration, stage)."""
-    from diffens_auto.training.trainer import close_loader
-
     figures = {"configuration": run.configuration, "stage": stage.name, "batch_size": stage.batch_size,
                "patch_size": list(stage.patch_size)}
     for mode, num_workers in (("workers", workers), ("0 workers", 0)):
@@ -124,9 +122,6 @@ def benchmark_training(iterations: int = 10, folder: str | Path | None = None, *
         with tempfile.TemporaryDirectory(prefix="diffens_benchmark_training_") as tmp:
             return benchmark_training(iterations, tmp, num_cases=num_cases, shape=shape, spacing=spacing,
                                       configurations=configurations, device=device, seed=seed)
-    from diffens_auto.training.assembly import TrainingOptions, build_trainer
-    from diffens_auto.training.run_spec import resolve_run
-
     plans = prepare_demo(folder, num_cases, shape, spacing)
     workers = paths.augmentation_workers()
     results = {"iterations": iterations, "workers": workers, "device": device, "threads": torch.get_num_threads(),

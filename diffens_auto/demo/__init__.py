@@ -1,4 +1,5 @@
-"""diffens_demo: the whole pipeline on synthetic phantoms (dataset, plan, train, predict, evaluate, report)."""
-from diffens_auto.demo.pipeline import FULL, SMOKE, DemoSettings, run_demo
+"""diffens_demo: the whole pipeline on synthetic phantoms (dataset, plan, train, predict, evaluate, report).
 
-__all__ = ["FULL", "SMOKE", "DemoSettings", "run_demo"]
+    demo/phantom.py, demo/dataset.py   the synthetic brain phantoms and the demo dataset (diffens_make_demo_dataset)
+    demo/pipeline.py                   run_demo: every step of the demo, resumable; demo/report.py its table
+"""

@@ -23,7 +23,17 @@ from pathlib import Path
 
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json, atomic_write_text
+from diffens_auto.demo.dataset import (DEFAULT_NOISE, dataset_folder_name, make_demo_dataset, sample_demo_case,
+                                       write_case)
+from diffens_auto.demo.report import comparison_previews, results_table
 from diffens_auto.errors import DiffensError
+from diffens_auto.evaluation import evaluate_folders
+from diffens_auto.inference.degrade_inputs import degrade_folder
+from diffens_auto.inference.interpolation import trilinear_folder
+from diffens_auto.inference.predictor import DiffensPredictor
+from diffens_auto.planning.plans_file import load_plans
+from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
+from diffens_auto.workflows.train import train
 
 DEMO_DATASET_ID = 900
 TASK = "sr"
@@ -90,7 +100,6 @@ def make_test_cases(folder: Path, settings: DemoSettings, seed: int = 0) -> Path
 
     Indices start two after the training cases so that the full demo's first test case is an oblique one.
     """
-    from diffens_auto.demo.dataset import DEFAULT_NOISE, sample_demo_case, write_case
     first = settings.num_train_cases + 2
     for index in range(first, first + settings.num_test_cases):
         case = sample_demo_case(index, seed, tuple(settings.shape), tuple(settings.spacing), DEFAULT_NOISE)
@@ -100,7 +109,6 @@ def make_test_cases(folder: Path, settings: DemoSettings, seed: int = 0) -> Path
 
 
 def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
-    from diffens_auto.demo.dataset import dataset_folder_name, make_demo_dataset
     folder = raw / dataset_folder_name(DEMO_DATASET_ID)
     existing = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
     if existing.get("numTraining") != settings.num_train_cases:
@@ -111,7 +119,6 @@ def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
 
 
 def _train(settings: DemoSettings, plans: dict, device, verbose: bool) -> list[str]:
-    from diffens_auto.workflows.train import train
     ensembler = "3d_ensembler"
     experts = list(plans["configurations"][ensembler]["experts"])
     for configuration in experts:
@@ -134,8 +141,6 @@ def _previous_seconds(work: Path) -> dict:
 
 def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, device, seed: int) -> dict:
     """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
-    from diffens_auto.inference.interpolation import trilinear_folder
-    from diffens_auto.inference.predictor import DiffensPredictor
     seconds, previous = {}, _previous_seconds(work)
     for method, configuration in METHODS:
         output = work / "predictions" / (configuration or "trilinear")
@@ -158,7 +163,6 @@ def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, d
 
 
 def _evaluate(work: Path) -> dict:
-    from diffens_auto.evaluation import evaluate_folders
     results = {}
     for method, configuration in METHODS:
         name = configuration or "trilinear"
@@ -171,11 +175,6 @@ def _evaluate(work: Path) -> dict:
 def run_demo(work_folder: str | Path, *, smoke: bool = False, num_processes: int = 2, device="cpu", seed: int = 0,
              verbose: bool = True) -> dict:
     """Run the demo in `work_folder` (diffens_raw/preprocessed/results inside it); returns its summary."""
-    from diffens_auto.demo.report import comparison_previews, results_table
-    from diffens_auto.inference.degrade_inputs import degrade_folder
-    from diffens_auto.planning.plans_file import load_plans
-    from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
-
     settings = SMOKE if smoke else FULL
     work = Path(work_folder).resolve()
     check_work_folder(work, settings, seed)

@@ -12,7 +12,8 @@ after, like nnU-Net) to the window, and the result is cropped back to the origin
 import math
 
 import torch
-import torch.nn.functional as F
+
+from diffens_auto.diffusion.padding import pad_evenly, unpad
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -39,18 +40,6 @@ def gaussian_importance(window, sigma_scale: float = 0.125, device=None, dtype=t
     return importance.clamp_min(floor).to(dtype)
 
 
-def _pad_to_window(tensor, window):
-    """Pad spatial axes shorter than the window (constant 0, split evenly); returns the padded tensor and pads."""
-    pads = []   # per axis (before, after), X first
-    for size, w in zip(tensor.shape[2:], window):
-        extra = max(w - size, 0)
-        pads.append((extra // 2, extra - extra // 2))
-    if not any(before or after for before, after in pads):
-        return tensor, pads
-    flat = [p for pair in reversed(pads) for p in pair]   # F.pad takes the last axis first
-    return F.pad(tensor, flat), pads
-
-
 def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float = 0.125, *,
                    out_channels: int | None = None) -> torch.Tensor:
     """fn(*window crops) -> (B, C_out, wx, wy, wz), blended over windows covering the volume: sum(g f) / sum(g).
@@ -68,14 +57,14 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
     if any(tuple(x.shape[2:]) != spatial for x in inputs):
         shapes = [tuple(x.shape) for x in inputs]
         raise ValueError(f"sliding_window inputs must share their spatial shape, got {shapes}.")
-    padded = [_pad_to_window(x, window) for x in inputs]
+    padded = [pad_evenly(x, [max(w - n, 0) for n, w in zip(spatial, window)]) for x in inputs]
     pads = padded[0][1]
     inputs = [p[0] for p in padded]
     size = tuple(inputs[0].shape[2:])
     starts = [window_starts(s, w, overlap) for s, w in zip(size, window)]
     if all(len(s) == 1 for s in starts) and size == window:
         output = fn(*inputs)
-        return _crop_back(output, pads, spatial, out_channels)
+        return _crop_back(output, pads, out_channels)
 
     importance, total, weight, out_dtype = None, None, None, None
     for sx in starts[0]:
@@ -92,14 +81,13 @@ def sliding_window(fn, inputs, window, overlap: float = 0.5, sigma_scale: float 
                     weight = torch.zeros(size, device=prediction.device, dtype=dtype)
                 total[region].add_(prediction.to(dtype) * importance)
                 weight[region[2:]].add_(importance)
-    return _crop_back((total / weight).to(out_dtype), pads, spatial, out_channels)
+    return _crop_back((total / weight).to(out_dtype), pads, out_channels)
 
 
-def _crop_back(output, pads, spatial, out_channels):
+def _crop_back(output, pads, out_channels):
     """Undo the padding of short axes and check the channel count."""
     if out_channels is not None and output.shape[1] != out_channels:
         raise ValueError(f"sliding_window: fn returned {output.shape[1]} channels, expected {out_channels}.")
     if not any(before or after for before, after in pads):
         return output
-    region = tuple(slice(before, before + s) for (before, _), s in zip(pads, spatial))
-    return output[(slice(None), slice(None), *region)].contiguous()
+    return unpad(output, pads).contiguous()

@@ -27,9 +27,10 @@ from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffens_auto.dataset.dataset_json import degradation_key
+from diffens_auto.diffusion.padding import even_pads, pad_evenly
+from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import check_same_geometry
 from diffens_auto.operators import avgpool_downsample, highres_grid, operator_for
 from diffens_auto.preprocessing.inversion import invert_preprocessing
@@ -37,7 +38,6 @@ from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normal
 from diffens_auto.preprocessing.preprocessor import preprocess_arrays
 from diffens_auto.preprocessing.resampling import resample_data
 from diffens_auto.tasks.conditioning import task_background, task_normalization, task_volumes, upsample_to_grid
-from diffens_auto.errors import DiffensError
 
 INPUT_GRIDS = ("lr", "hr")
 
@@ -113,21 +113,12 @@ def _check_on_grid(props: Mapping[int, dict], files: Mapping, channels, grid_pro
 
 def _pad(volume: torch.Tensor, multiples, values) -> tuple[torch.Tensor, list]:
     """Pad (1, C, X, Y, Z) per channel with `values` to multiples of `multiples`, split evenly before/after."""
-    pads = []
-    for n, m in zip(volume.shape[2:], multiples):
-        extra = -n % int(m)
-        pads.append((extra // 2, extra - extra // 2))
+    extras = [-n % int(m) for n, m in zip(volume.shape[2:], multiples)]
+    pads = even_pads(extras)
     if not any(a or b for a, b in pads):
         return volume, pads
-    flat = [p for pair in reversed(pads) for p in pair]
-    channels = [F.pad(volume[:, c:c + 1], flat, value=float(v)) for c, v in enumerate(values)]
+    channels = [pad_evenly(volume[:, c:c + 1], extras, float(v))[0] for c, v in enumerate(values)]
     return torch.cat(channels, dim=1), pads
-
-
-def unpad(volume: torch.Tensor, pads) -> torch.Tensor:
-    """Undo `_pad` on (..., X, Y, Z)."""
-    region = tuple(slice(a, volume.shape[-3 + i] - b) for i, (a, b) in enumerate(pads))
-    return volume[(..., *region)]
 
 
 def _resample_like(volume: np.ndarray, properties: Mapping, order: int = 1) -> np.ndarray:

@@ -30,9 +30,10 @@ import diffens_auto
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
+from diffens_auto.diffusion.padding import unpad
 from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
-from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case, unpad
+from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
 from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model
 from diffens_auto.inference.previews import write_preview
