@@ -135,24 +135,31 @@ def _trainer(configuration: dict, experts: dict | None, slice_batch_size: int, o
 
 
 def _resident(trainer: Trainer) -> list:
-    """Tensors alive across steps: weights, Adam moments, EMA, frozen experts' weights."""
+    """Tensors alive when a step starts: weights, their gradients, Adam moments, EMA, frozen experts' weights."""
     experts = [p for e in getattr(trainer.objective, "experts", []) for p in e.runner.expert.parameters()]
-    return [*trainer.model.parameters(), *_optimizer_state(trainer.optimizer), *trainer.ema.model.parameters(),
-            *experts]
+    parameters = list(trainer.model.parameters())
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    return [*parameters, *gradients, *_optimizer_state(trainer.optimizer), *trainer.ema.model.parameters(), *experts]
 
 
 def _mark_phases(trainer: Trainer, tracker: "PeakMemoryTracker") -> list:
     """Hooks that lap the tracker: inputs, expert_forward, forward, backward; returns their handles."""
-    handles = []
+    marked = set()
+
+    def lap_once(label: str):
+        def hook(*_):
+            if label not in marked:            # an expert runs once per slice batch: mark its first call only
+                marked.add(label)
+                tracker.lap(label)
+        return hook
+
     experts = getattr(trainer.objective, "experts", [])
+    first_network = experts[0].runner.expert if experts else trainer.model
+    handles = [first_network.register_forward_pre_hook(lap_once("inputs"))]
     if experts:
-        first = experts[0].runner.expert
-        handles.append(first.register_forward_pre_hook(lambda *_: tracker.lap("inputs") and None))
-        handles.append(trainer.model.register_forward_pre_hook(lambda *_: tracker.lap("expert_forward") and None))
-    else:
-        handles.append(trainer.model.register_forward_pre_hook(lambda *_: tracker.lap("inputs") and None))
-    handles.append(trainer.model.register_forward_hook(lambda *_: tracker.lap("forward") and None))
-    handles.append(trainer.optimizer.register_step_pre_hook(lambda *_: tracker.lap("backward") and None))
+        handles.append(trainer.model.register_forward_pre_hook(lap_once("expert_forward")))
+    handles.append(trainer.model.register_forward_hook(lap_once("forward")))
+    handles.append(trainer.optimizer.register_step_pre_hook(lap_once("backward")))
     return handles
 
 

@@ -10,7 +10,7 @@ its checkpoint records, else the model is refused (the fused experts would not b
 """
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from diffens_auto.errors import DiffensError
 from diffens_auto.hashing import file_sha256
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint, model_from_checkpoint
 from diffens_auto.model_folder.files import PLANS_FILE, load_model_dataset_json, load_model_plans
-from diffens_auto.model_folder.location import ModelLocation, plans_names_in_results
+from diffens_auto.model_folder.location import (ModelFolderError, ModelLocation, model_folders, parse_fold,
+                                                plans_names_in_results)
 from diffens_auto.model_folder.recorded_experts import recorded_expert_files
 from diffens_auto.planning.plans_file import load_plans
 
@@ -34,6 +35,15 @@ EXPERT_STRATEGIES = ("average", "tpdm")
 
 class PredictionSetupError(DiffensError, ValueError):
     """A prediction request that cannot run as given (no such model, task, strategy, flag combination ...)."""
+
+
+@contextmanager
+def prediction_request():
+    """Report a malformed model folder or fold (model_folder.location) as the PredictionSetupError it is here."""
+    try:
+        yield
+    except ModelFolderError as e:
+        raise PredictionSetupError(str(e)) from None
 
 
 @dataclass
@@ -126,6 +136,8 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
         dataset_results = paths.results_folder() / resolve_dataset_name(dataset)
     dataset_results = Path(dataset_results)
     plans_name = _plans_name(dataset_results, task, plans_name)
+    with prediction_request():
+        fold = parse_fold(fold)
     location = ModelLocation(dataset_results, task, configuration or "", plans_name, fold)
     plans = (load_model_plans(location.model_folder, location.dataset_name, plans_name)
              if configuration and (location.model_folder / PLANS_FILE).is_file() else _any_model_plans(location))
@@ -150,11 +162,9 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
 
 def _any_model_plans(location: ModelLocation) -> dict:
     """Plans of any configuration of the task trained with the location's plans (they are all the same file)."""
-    task_folder = location.dataset_results / location.task
-    folders = sorted(task_folder.glob(f"*__{location.plans_name}")) if task_folder.is_dir() else []
-    for folder in folders:
-        if (folder / PLANS_FILE).is_file():
-            return load_model_plans(folder, location.dataset_name, location.plans_name)
+    for trained in model_folders(location.dataset_results, location.task):
+        if trained.plans_name == location.plans_name and (trained.model_folder / PLANS_FILE).is_file():
+            return load_model_plans(trained.model_folder, location.dataset_name, location.plans_name)
     return load_plans(paths.preprocessed_folder() / location.dataset_name, location.plans_name)
 
 
@@ -162,14 +172,14 @@ def _record(role: str, name: str, path: Path, sha256: str | None = None) -> dict
     return {"role": role, "name": name, "path": str(path), "sha256": sha256 or file_sha256(path)}
 
 
-def _trained_model(request: LoadRequest, plans: dict, spec_configuration: str, parts: dict) -> TrainedModel:
+def _trained_model(request: LoadRequest, plans: dict, spec_configuration: str, strategy, runners: dict, *,
+                   records: list, ensembler: torch.nn.Module | None = None) -> TrainedModel:
     """A TrainedModel of the request's location with the dataset.json of `spec_configuration`'s model folder."""
     location = request.location
     spec = load_model_dataset_json(location.with_configuration(spec_configuration).model_folder,
                                    location.dataset_name)
     return TrainedModel(location.dataset_name, location.plans_name, plans, spec, location.task,
-                        location.configuration, location.fold, parts["strategy"], parts["runners"],
-                        parts.get("ensembler"), parts["records"])
+                        location.configuration, location.fold, strategy, runners, ensembler, records)
 
 
 def _load_ensembler(request: LoadRequest, plans: dict) -> TrainedModel:
@@ -190,8 +200,8 @@ def _load_ensembler(request: LoadRequest, plans: dict) -> TrainedModel:
         inference = plans.get("inference", {})
         strategy = Windowed(strategy, state["fine_tune_shape"], overlap=inference.get("sliding_window_overlap", 0.5),
                             sigma_scale=inference.get("gaussian_sigma_scale", 0.125))
-    return _trained_model(request, plans, location.configuration,
-                          {"strategy": strategy, "runners": runners, "ensembler": ensembler, "records": records})
+    return _trained_model(request, plans, location.configuration, strategy, runners, records=records,
+                          ensembler=ensembler)
 
 
 def _strategy_experts(request: LoadRequest, plans: dict, experts) -> list[str]:
@@ -229,4 +239,4 @@ def _load_expert_strategy(request: LoadRequest, plans: dict, experts) -> Trained
     single = len(names) == 1 and location.configuration not in EXPERT_STRATEGIES
     strategy = build_strategy(names[0] if single else location.configuration, runners)
     records = [_record("expert", n, p) for n, p in checkpoints.items()]
-    return _trained_model(request, plans, names[0], {"strategy": strategy, "runners": runners, "records": records})
+    return _trained_model(request, plans, names[0], strategy, runners, records=records)

@@ -35,12 +35,12 @@ from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
 from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
-from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model
+from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model, prediction_request
 from diffens_auto.inference.previews import write_preview
 from diffens_auto.inference.sampling_settings import SamplingSettings
 from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.model_folder.checkpoints import FINAL
-from diffens_auto.model_folder.location import ModelFolderError, ModelLocation
+from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import operator_for
 from diffens_auto.tasks.conditioning import target_from_y0, y0_from_target
 
@@ -103,10 +103,8 @@ class DiffensPredictor:
     def initialize_from_trained_model_folder(self, model_folder, fold=0, checkpoint: str = FINAL,
                                              experts: list[str] | None = None) -> "DiffensPredictor":
         """Load the model of a DatasetXXX/TASK/CONFIG__PLANS folder anywhere on disk (e.g. an unpacked zip)."""
-        try:
+        with prediction_request():
             location = ModelLocation.parse(model_folder, fold)
-        except ModelFolderError as e:
-            raise PredictionSetupError(str(e)) from None
         model = load_trained_model(None, location.task, location.configuration, location.fold,
                                    location.plans_name, checkpoint=checkpoint, device=self.device, experts=experts,
                                    slice_batch_size=self.sampling.slice_batch_size, dataset_results=location.dataset_results)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from diffens_auto.errors import DiffensError
 
@@ -79,6 +79,23 @@ class ModelLocation:
                                    "(e.g. Dataset900_DemoBrain/sr/3d_ensembler__diffensPlans).")
         return cls(folder.parent.parent, folder.parent.name, configuration, plans_name,
                    parse_fold(0 if fold is None else fold))
+
+
+def recorded_location(dataset_results: Path, relative: str) -> ModelLocation:
+    """The location of a checkpoint recorded as TASK/CONFIG__PLANS/fold_F/FILE relative to `dataset_results`."""
+    parts = PurePosixPath(relative).parts
+    configuration, sep, plans_name = parts[1].partition(PLANS_SEPARATOR) if len(parts) == 4 else ("", "", "")
+    if not sep or not parts[2].startswith(FOLD_PREFIX):
+        raise ModelFolderError(f"{relative}: not a checkpoint path TASK/CONFIG__PLANS/fold_F/FILE. Fix: retrain the "
+                               "model that records it.")
+    return ModelLocation(Path(dataset_results), parts[0], configuration, plans_name,
+                         parse_fold(parts[2][len(FOLD_PREFIX):]))
+
+
+def trained_fold_folders(dataset_results: Path, checkpoint: str) -> list[Path]:
+    """Every fold folder under a dataset's results folder that holds `checkpoint`, sorted."""
+    return sorted(fold for location in model_folders(dataset_results)
+                  for fold in location.model_folder.glob(f"{FOLD_PREFIX}*") if (fold / checkpoint).is_file())
 
 
 def model_folders(dataset_results: Path, task: str | None = None) -> list[ModelLocation]:

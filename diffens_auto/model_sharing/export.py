@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -32,7 +32,8 @@ from diffens_auto.errors import DiffensError
 from diffens_auto.hashing import copy_with_sha256
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
 from diffens_auto.model_folder.files import DATASET_FILE, MODEL_FILES, PLANS_FILE
-from diffens_auto.model_folder.location import FOLD_PREFIX, model_folders
+from diffens_auto.model_folder.location import (ModelLocation, model_folders, recorded_location,
+                                                trained_fold_folders)
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError, recorded_expert_files
 
 MANIFEST_FILE = "diffens_model_manifest.json"
@@ -66,9 +67,9 @@ def safe_member_path(name: str, where: str) -> PurePosixPath:
     return path
 
 
-def _model_folders(dataset_results: Path, tasks, configurations, plans_name) -> list[tuple[str, str, str, Path]]:
-    """(task, configuration, plans, folder) of every TASK/CONFIG__PLANS folder that matches the filters."""
-    return [(m.task, m.configuration, m.plans_name, m.model_folder) for m in model_folders(dataset_results)
+def _model_folders(dataset_results: Path, tasks, configurations, plans_name) -> list[ModelLocation]:
+    """Every TASK/CONFIG__PLANS folder that matches the filters (None: any)."""
+    return [m for m in model_folders(dataset_results)
             if (tasks is None or m.task in tasks) and (plans_name is None or m.plans_name == plans_name)
             and (configurations is None or m.configuration in configurations)]
 
@@ -81,18 +82,19 @@ def select_folds(dataset_name: str, *, tasks=None, configurations=None, folds=(0
         raise ModelSharingError(f"No trained models of {dataset_name}: {dataset_results} does not exist. Fix: "
                                 "train one (diffens_train) or check the diffens_results variable.")
     models = _model_folders(dataset_results, tasks, configurations, plans_name)
-    for wanted, index, flag in ((tasks, 0, "-t"), (configurations, 1, "-c")):
+    for wanted, field, flag in ((tasks, "task", "-t"), (configurations, "configuration", "-c")):
         for name in (wanted or ()):
-            if not any(m[index] == name for m in models):
+            if not any(getattr(m, field) == name for m in models):
                 raise ModelSharingError(f"{flag} {name}: no such model folder in {dataset_results} (with the other "
                                         f"filters given). Trained there: {_trained_list(dataset_results)}.")
     selected, missing = [], []
-    for task, configuration, plans, folder in models:
+    for model in models:
         for fold in folds:
-            fold_folder = folder / f"{FOLD_PREFIX}{fold}"
+            fold_folder = replace(model, fold=fold).fold_folder
             absent = [c for c in checkpoints if not (fold_folder / c).is_file()]
             if not absent:
-                selected.append(ExportedFold(task, configuration, plans, str(fold), fold_folder))
+                selected.append(ExportedFold(model.task, model.configuration, model.plans_name, str(fold),
+                                             fold_folder))
             elif configurations is not None:  # named explicitly: a missing checkpoint is a mistake, not a skip
                 missing += [str(fold_folder / c) for c in absent]
     if missing:
@@ -106,8 +108,7 @@ def select_folds(dataset_name: str, *, tasks=None, configurations=None, folds=(0
 
 
 def _trained_list(dataset_results: Path) -> str:
-    names = sorted(str(p.parent.relative_to(dataset_results))
-                   for p in dataset_results.glob(f"*/*/{FOLD_PREFIX}*/{FINAL}"))
+    names = sorted(str(folder.relative_to(dataset_results)) for folder in trained_fold_folders(dataset_results, FINAL))
     return ", ".join(names) or "nothing"
 
 
@@ -158,7 +159,8 @@ def collect_export(dataset_name: str, folds: list[ExportedFold], checkpoints: Se
         for checkpoint in checkpoints:
             for record in verified_experts(fold.folder / checkpoint, dataset_results):
                 expert_path = dataset_results / record["checkpoint"]
-                for path in [expert_path] + _model_json_files(expert_path.parents[1], required=False):
+                expert_folder = recorded_location(dataset_results, record["checkpoint"]).model_folder
+                for path in [expert_path] + _model_json_files(expert_folder, required=False):
                     add(path)
                 expected[f"{dataset_name}/{record['checkpoint']}"] = record["sha256"]
                 experts.append(record)

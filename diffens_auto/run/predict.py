@@ -58,18 +58,12 @@ def predict_entry() -> None:
 
     def work():
         from diffens_auto.inference.predictor import DiffensPredictor
-        from diffens_auto.inference.model import PredictionSetupError
-        from diffens_auto.model_folder.location import ModelFolderError, parse_fold
-        try:
-            fold = parse_fold(args.fold)
-        except ModelFolderError as e:
-            raise PredictionSetupError(str(e)) from None
         predictor = DiffensPredictor(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                                      num_samples=args.num_samples,
                                      consistency=False if args.no_consistency else None, input_grid=args.input_grid,
                                      device=args.device, slice_batch_size=args.slice_batch_size,
                                      progress=not args.quiet, previews=args.previews)
-        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, fold, args.plans,
+        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, args.fold, args.plans,
                                                 checkpoint=args.checkpoint, experts=args.experts)
         summary = predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
                                                num_parts=args.num_parts, part_id=args.part_id)

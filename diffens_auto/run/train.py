@@ -1,6 +1,6 @@
 """Entry point: diffens_train DATASET TASK CONFIG [-f FOLD|all] [-p PLANS] [--c] [-device cpu|cuda|mps] [--val] ...
 
-Training ends with a validation (inference/validation.py) unless --no_val; --val only validates.
+Training ends with a validation (workflows/validation.py) unless --no_val; --val only validates.
 
 Also runs as one rank of a torchrun job: torchrun ... -m diffens_auto.run.train DATASET TASK CONFIG ...
 """
@@ -53,23 +53,19 @@ def train_entry() -> None:
     args = _parser().parse_args()
 
     def work():
-        from diffens_auto.training.run_spec import TrainingSetupError
-        from diffens_auto.workflows.train import check_counts, train
-        from diffens_auto.workflows.validation import validate_model, validation_report
-        check_counts(args.epochs, args.iterations_per_epoch, args.val_steps)
+        from diffens_auto.training.errors import TrainingSetupError
+        from diffens_auto.workflows.train import train, validate_trained
         if args.val and args.no_val:
             raise TrainingSetupError("--val (only validate) and --no_val (do not validate) exclude each other.")
         if args.val:
-            summary = validate_model(args.dataset, args.task, args.name or args.configuration, args.fold, args.plans,
-                                     checkpoint=args.checkpoint, steps=args.val_steps, seed=args.seed,
-                                     device=args.device)
-            print(validation_report(summary))
+            validate_trained(args.dataset, args.task, args.name or args.configuration, args.fold, args.plans,
+                             checkpoint=args.checkpoint, steps=args.val_steps, seed=args.seed, device=args.device)
             return
         train(args.dataset, args.task, args.configuration, args.fold, args.plans,
-                       continue_training=args.continue_training, device=args.device, num_epochs=args.epochs,
-                       iterations_per_epoch=args.iterations_per_epoch, experts=args.experts, name=args.name,
-                       seed=args.seed, num_gpus=args.num_gpus, validate=not args.no_val, val_steps=args.val_steps,
-                       val_checkpoint=args.checkpoint)
+              continue_training=args.continue_training, device=args.device, num_epochs=args.epochs,
+              iterations_per_epoch=args.iterations_per_epoch, experts=args.experts, name=args.name, seed=args.seed,
+              num_gpus=args.num_gpus, validate=not args.no_val, val_steps=args.val_steps,
+              val_checkpoint=args.checkpoint)
     run_command(work)
 
 

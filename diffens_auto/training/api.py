@@ -13,7 +13,8 @@ import torch
 from diffens_auto.model_folder.files import write_model_files
 from diffens_auto.training import distributed
 from diffens_auto.training.assembly import TrainingOptions, build_trainer
-from diffens_auto.training.run_spec import RunSpec, TrainingSetupError, check_device
+from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.run_spec import RunSpec, check_device
 from diffens_auto.training.schedule import make_schedule, per_rank_schedule
 
 

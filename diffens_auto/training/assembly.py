@@ -23,7 +23,7 @@ from diffens_auto.training.trainer import LoaderFactory, Trainer
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """How one run trains, beside what the plans say: device, epoch overrides, seed, resume, loaders, output."""
+    """How one run trains, beside what the plans say: device, epoch overrides, seed, resume, loaders, echo."""
 
     device: str | torch.device = "cpu"
     num_epochs: int | None = None              # --epochs (None: the plans')
@@ -73,8 +73,8 @@ def _metadata(run: RunSpec, network: dict) -> dict:
 def _ensembler_parts(run: RunSpec, device):
     """Frozen experts (checked to exist), the ensembler network dict and the ensembler itself."""
     specs = expert_specs(run.plans, run.configuration, run.task, run.experts)
-    checkpoint_paths = check_experts_trained(specs, run.location)
-    frozen = load_frozen_experts(specs, checkpoint_paths, run.plans, configuration=run.configuration, task=run.task,
+    locations = check_experts_trained(specs, run.location)
+    frozen = load_frozen_experts(specs, locations, run.plans, configuration=run.configuration, task=run.task,
                                  device=device)
     parametrization = run.plans["tasks"][run.task]["parametrization"]
     for expert in frozen:

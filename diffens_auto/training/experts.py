@@ -9,7 +9,6 @@ in_channels, out_channels and feature-injection entries recomputed for the exper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -67,16 +66,18 @@ def train_command(dataset_name: str, spec: ExpertSpec, fold, plans_name: str) ->
     return f"diffens_train {dataset_name} {spec.task} {spec.configuration} -f {fold} -p {plans_name}"
 
 
-def check_experts_trained(specs, ensembler: ModelLocation) -> list[Path]:
-    """The experts' checkpoint_final.pth paths; ExpertsNotTrainedError naming the commands if any is missing."""
+def check_experts_trained(specs, ensembler: ModelLocation) -> list[ModelLocation]:
+    """The experts' locations (same dataset, plans, fold); ExpertsNotTrainedError naming the commands if any lacks
+    its checkpoint_final.pth."""
     dataset_name, plans_name, fold = ensembler.dataset_name, ensembler.plans_name, ensembler.fold
-    paths = [ensembler.with_configuration(s.configuration, s.task).checkpoint(FINAL) for s in specs]
-    missing = [train_command(dataset_name, s, fold, plans_name) for s, p in zip(specs, paths) if not p.is_file()]
+    locations = [ensembler.with_configuration(s.configuration, s.task) for s in specs]
+    missing = [train_command(dataset_name, s, fold, plans_name) for s, location in zip(specs, locations)
+               if not location.checkpoint(FINAL).is_file()]
     if missing:
         raise ExpertsNotTrainedError(
             f"The ensembler needs its trained experts (fold {fold}), but {len(missing)} of {len(specs)} have no "
             f"{FINAL}. Train them first:\n  " + "\n  ".join(missing))
-    return paths
+    return locations
 
 
 def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> list[int] | None:
@@ -130,12 +131,13 @@ class FrozenExpert:
     record: dict
 
 
-def load_frozen_experts(specs, checkpoint_paths, plans: dict, *, configuration: str, task: str,
+def load_frozen_experts(specs, locations: list[ModelLocation], plans: dict, *, configuration: str, task: str,
                         device) -> list[FrozenExpert]:
     """Load every expert's final EMA weights, frozen, each wrapped in an ExpertRunner over its plane."""
     slice_batch_size = plans["configurations"][configuration]["expert_slice_batch_size"]
     loaded = []
-    for spec, path in zip(specs, checkpoint_paths):
+    for spec, location in zip(specs, locations):
+        path = location.checkpoint(FINAL)
         sha256 = file_sha256(path)
         checkpoint = load_checkpoint(path, map_location="cpu")
         expert = model_from_checkpoint(checkpoint, "ema", device).requires_grad_(False)
@@ -144,7 +146,7 @@ def load_frozen_experts(specs, checkpoint_paths, plans: dict, *, configuration: 
                                            condition_indices=indices, name=spec.name)
         record = {"name": spec.name, "task": spec.task, "configuration": spec.configuration,
                   # relative to the dataset's results folder: TASK/CONFIG__PLANS/fold_F/checkpoint_final.pth
-                  "checkpoint": Path(path).relative_to(Path(path).parents[3]).as_posix(),
+                  "checkpoint": location.relative(path),
                   "sha256": sha256, "slice_axis": int(checkpoint["slice_axis"]),
                   "network": checkpoint["network"], "parametrization": checkpoint["parametrization"],
                   "condition_indices": indices, "epoch": int(checkpoint["epoch"])}

@@ -9,13 +9,9 @@ import torch
 from diffens_auto import devices, paths
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.dataset.splits import split_case_ids
-from diffens_auto.errors import DiffensError
 from diffens_auto.model_folder.location import ModelFolderError, ModelLocation, parse_fold
 from diffens_auto.planning.plans_file import load_plans
-
-
-class TrainingSetupError(DiffensError, ValueError):
-    """A training request that cannot run as given (unknown configuration, fold, device ...)."""
+from diffens_auto.training.errors import TrainingSetupError
 
 
 @dataclass(kw_only=True)
@@ -58,6 +54,14 @@ class RunSpec:
         return self.location.fold_folder
 
 
+def training_fold(fold) -> int | str:
+    """The fold of a training request (a number or "all"); TrainingSetupError for anything else."""
+    try:
+        return parse_fold(fold)
+    except ModelFolderError as e:
+        raise TrainingSetupError(str(e)) from None
+
+
 def fold_cases(preprocessed_dataset_folder: Path, fold) -> tuple[list, list]:
     """(train case ids, validation case ids) of a fold of splits_final.json ("all": every case for both)."""
     try:
@@ -93,10 +97,7 @@ def resolve_run(dataset, task: str, configuration: str, fold=0, plans_name: str 
     preprocessed = paths.preprocessed_folder() / dataset_name
     plans = load_plans(preprocessed, plans_name)
     config = _check_request(plans, task, configuration, experts, name)
-    try:
-        fold = parse_fold(fold)
-    except ModelFolderError as e:
-        raise TrainingSetupError(str(e)) from None
+    fold = training_fold(fold)
     train_cases, val_cases = fold_cases(preprocessed, fold)
     location = ModelLocation(paths.results_folder() / dataset_name, task, name or configuration, plans["plans_name"],
                              fold)

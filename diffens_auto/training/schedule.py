@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from diffens_auto.training import distributed
-from diffens_auto.training.run_spec import TrainingSetupError
+from diffens_auto.training.errors import TrainingSetupError
 
 
 @dataclass(frozen=True)

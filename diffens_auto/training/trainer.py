@@ -28,7 +28,7 @@ from diffens_auto.model_folder import checkpoints as ckpt
 from diffens_auto.training import distributed, rng
 from diffens_auto.training.ema import EMA, unwrap
 from diffens_auto.training.progress import Progress
-from diffens_auto.training.run_spec import TrainingSetupError
+from diffens_auto.training.errors import TrainingSetupError
 from diffens_auto.training.schedule import EpochSchedule, Stage
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -102,8 +102,9 @@ class Trainer:
     def step(self, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> float:
         """One optimizer step (and EMA update) on a batch with given (t, eps); returns the loss."""
         self.model.train()
-        loss = self.loss(self.model, batch, t, noise)
+        # the previous step's gradients go before the forward: the planner's memory model never holds both
         self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.model, batch, t, noise)
         loss.backward()
         self.optimizer.step()
         self.ema.update(self.model)

@@ -11,7 +11,8 @@ from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.paths import distributed_environment
 from diffens_auto.training.api import train_model
 from diffens_auto.training.assembly import TrainingOptions
-from diffens_auto.training.run_spec import TrainingSetupError, resolve_run
+from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.run_spec import resolve_run, training_fold
 from diffens_auto.training.trainer import LoaderFactory
 from diffens_auto.workflows.validation import validate_model, validation_report
 
@@ -52,9 +53,22 @@ def train(dataset, task: str, configuration: str, fold=0, plans_name: str | None
     folder = train_model(run, options, num_gpus)
     if echo and is_main_process():
         print(f"Trained model in {folder}")
-    if validate and is_main_process():
-        summary = validate_model(run.dataset_name, task, run.name, run.fold, run.plans_name, checkpoint=val_checkpoint,
-                                 steps=val_steps, seed=seed, device=device, progress=echo)
-        if echo:
-            print(validation_report(summary))
+    if validate:
+        validate_trained(run.dataset_name, task, run.name, run.fold, run.plans_name, checkpoint=val_checkpoint,
+                         steps=val_steps, seed=seed, device=device, echo=echo)
     return folder
+
+
+def validate_trained(dataset, task: str, configuration: str, fold=0, plans_name: str | None = None, *,
+                     checkpoint: str = FINAL, steps: int | None = None, seed: int = 0, device="cpu",
+                     echo: bool = True) -> dict | None:
+    """Validate a trained configuration on the main process (diffens_train --val); None on the other ranks."""
+    check_counts(None, None, steps)
+    fold = training_fold(fold)
+    if not is_main_process():
+        return None
+    summary = validate_model(dataset, task, configuration, fold, plans_name, checkpoint=checkpoint, steps=steps,
+                             seed=seed, device=device, progress=echo)
+    if echo:
+        print(validation_report(summary))
+    return summary

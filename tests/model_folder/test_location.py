@@ -2,7 +2,7 @@
 import pytest
 
 from diffens_auto.model_folder.location import (ModelFolderError, ModelLocation, model_folders, parse_fold,
-                                                plans_names_in_results)
+                                                plans_names_in_results, recorded_location, trained_fold_folders)
 
 
 def test_a_location_names_the_nnunet_style_folders(tmp_path):
@@ -47,3 +47,19 @@ def test_model_folders_and_their_plans_are_listed_in_order(tmp_path):
         ("sr", "3d_ensembler", "diffensPlans_tiny")]
     assert plans_names_in_results(dataset, "sr") == ["diffensPlans", "diffensPlans_tiny"]
     assert plans_names_in_results(dataset, "both") == [] and model_folders(tmp_path / "missing") == []
+
+
+def test_a_recorded_checkpoint_path_gives_its_location(tmp_path):
+    location = recorded_location(tmp_path, "sr/2d_axial__diffensPlans/fold_all/checkpoint_final.pth")
+    assert location == ModelLocation(tmp_path, "sr", "2d_axial", "diffensPlans", "all")
+    for bad in ("sr/2d_axial/fold_0/checkpoint_final.pth", "sr/2d_axial__diffensPlans/checkpoint_final.pth"):
+        with pytest.raises(ModelFolderError, match="not a checkpoint path"):
+            recorded_location(tmp_path, bad)
+
+
+def test_trained_fold_folders_are_those_with_the_checkpoint(tmp_path):
+    trained = ModelLocation(tmp_path, "sr", "2d_axial", "diffensPlans", 1)
+    trained.fold_folder.mkdir(parents=True)
+    trained.checkpoint("checkpoint_final.pth").write_bytes(b"")
+    (trained.model_folder / "fold_0").mkdir()
+    assert trained_fold_folders(tmp_path, "checkpoint_final.pth") == [trained.fold_folder]

@@ -26,7 +26,8 @@ from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert
 from diffens_auto.training.api import check_data_parallel
 from diffens_auto.training.assembly import TrainingOptions, build_trainer, default_loaders
 from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
-from diffens_auto.training.run_spec import TrainingSetupError, resolve_run
+from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.run_spec import resolve_run
 from diffens_auto.training.schedule import EpochSchedule, Stage
 from diffens_auto.training.trainer import Trainer
 from diffens_auto.workflows.train import train

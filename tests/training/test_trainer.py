@@ -18,7 +18,8 @@ from diffens_auto.model_folder.checkpoints import BEST, FINAL, LATEST, load_chec
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert, condition_indices
 from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
-from diffens_auto.training.run_spec import TrainingSetupError, resolve_run
+from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.run_spec import resolve_run
 from diffens_auto.training.schedule import EpochSchedule, Stage, make_schedule
 from diffens_auto.training.trainer import Trainer
 from diffens_auto.workflows.train import train
