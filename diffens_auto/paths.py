@@ -1,6 +1,7 @@
 """The three data folders, read from environment variables when first needed (as nnU-Net does)."""
 import os
 from pathlib import Path
+
 from diffens_auto.errors import DiffensError
 
 RAW_VARIABLE = "diffens_raw"

@@ -7,6 +7,7 @@ from multiprocessing import get_context
 from typing import Callable, Sequence
 
 from tqdm import tqdm
+
 from diffens_auto.errors import DiffensError
 
 WORKER_DIED = ("a worker process died while working on (or waiting for) this case: killed for lack of memory, "

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from synthetic_images import blob, write_sitk
 
 from diffens_auto import paths
-from synthetic_images import blob, write_sitk
 
 # Tests use tiny tensors: one thread is as fast, and OpenMP threads slow down ~100x on a busy 2-core machine.
 torch.set_num_threads(1)

@@ -6,6 +6,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from diffens_auto.errors import DiffensError
 
 SUPPORTED_DEGRADATIONS = ("avgpool",)

@@ -7,8 +7,8 @@ import numpy as np
 
 from diffens_auto.dataset.cases import find_training_cases
 from diffens_auto.dataset.dataset_json import DatasetError, DatasetSpec
-from diffens_auto.workers import map_in_workers
 from diffens_auto.imageio import ImageReadError, check_same_geometry, count_nonfinite_voxels, read_image
+from diffens_auto.workers import map_in_workers
 
 
 def check_image_file(path: Path) -> tuple[list[str], dict | None]:

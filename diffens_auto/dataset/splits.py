@@ -1,4 +1,4 @@
-"""Cross-validation splits (`splits_final.json`): 5 seeded folds, kept once written so folds stay stable; reading a fold."""
+"""Cross-validation splits (`splits_final.json`): 5 seeded folds, kept once written, so folds stay stable."""
 from __future__ import annotations
 
 import json

@@ -22,15 +22,8 @@ import numpy as np
 
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json
-from diffens_auto.demo.phantom import (
-    CHANNELS,
-    TISSUES,
-    FourierField,
-    Grid,
-    PhantomCase,
-    render_case,
-    wavelength_to_frequency,
-)
+from diffens_auto.demo.phantom import (CHANNELS, TISSUES, FourierField, Grid, PhantomCase, render_case,
+                                       wavelength_to_frequency)
 from diffens_auto.imageio import write_image
 
 DATASET_NAME = "DemoBrain"

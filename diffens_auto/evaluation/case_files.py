@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
 from diffens_auto.errors import MissingFileError
 
 # Two-part endings first, so "a.nii.gz" ends in ".nii.gz" and not ".gz".

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffens_auto.errors import DiffensError
 from diffens_auto.evaluation.case_files import CaseFiles
 from diffens_auto.evaluation.metrics import mace, mae, psnr, reference_data_range
 from diffens_auto.evaluation.mmd import case_rng, extract_patches, sample_patch_corners
 from diffens_auto.evaluation.ssim import LocalMoments, local_moments, mean_ssim
 from diffens_auto.imageio import ImageReadError, check_same_geometry, count_nonfinite_voxels, read_image
-from diffens_auto.errors import DiffensError
 
 METRICS = ("psnr", "ssim", "mae", "mace")
 COLUMNS = ("case", "region", *METRICS, "data_range", "num_voxels", "status", "message")

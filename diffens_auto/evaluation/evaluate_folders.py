@@ -14,8 +14,8 @@ import pandas as pd
 
 from diffens_auto.atomic import atomic_path, atomic_write_json
 from diffens_auto.evaluation.case_files import detect_file_ending, pair_case_files
-from diffens_auto.evaluation.evaluate_case import (COLUMNS, METRICS, REGION_ALL, REGION_FOREGROUND,
-                                                   EvaluationSettings, evaluate_case_job)
+from diffens_auto.evaluation.evaluate_case import (COLUMNS, METRICS, REGION_ALL, REGION_FOREGROUND, EvaluationSettings,
+                                                   evaluate_case_job)
 from diffens_auto.evaluation.metrics import check_data_range
 from diffens_auto.evaluation.mmd import median_heuristic_bandwidth, mmd2
 from diffens_auto.workers import map_in_workers

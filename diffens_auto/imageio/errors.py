@@ -1,5 +1,6 @@
 """The one error type of the I/O stage: a file that cannot become a 3D canonical volume."""
 import os
+
 from diffens_auto.errors import DiffensError
 
 

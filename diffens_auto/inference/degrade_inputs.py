@@ -17,9 +17,9 @@ from pathlib import Path
 
 from diffens_auto.atomic import atomic_path
 from diffens_auto.dataset.dataset_json import DatasetError
+from diffens_auto.dataset.lookup import find_dataset_json
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.imageio import ImageReadError, read_image, write_image
-from diffens_auto.dataset.lookup import find_dataset_json
 from diffens_auto.inference.input_cases import find_input_cases
 from diffens_auto.operators.degrade import degrade_image
 from diffens_auto.workers import map_in_workers

@@ -23,7 +23,6 @@ from typing import Mapping
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 import diffens_auto
@@ -43,7 +42,6 @@ from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import operator_for
 from diffens_auto.tasks.conditioning import target_from_y0, y0_from_target
-
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
 RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_sha256", "checkpoints", "sampler",
@@ -107,7 +105,8 @@ class DiffensPredictor:
             location = ModelLocation.parse(model_folder, fold)
         model = load_trained_model(None, location.task, location.configuration, location.fold,
                                    location.plans_name, checkpoint=checkpoint, device=self.device, experts=experts,
-                                   slice_batch_size=self.sampling.slice_batch_size, dataset_results=location.dataset_results)
+                                   slice_batch_size=self.sampling.slice_batch_size,
+                                   dataset_results=location.dataset_results)
         return self.use_model(model)
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":
@@ -140,7 +139,8 @@ class DiffensPredictor:
             "plans_sha256": hashlib.sha256(plans_bytes).hexdigest(),
             "checkpoints": model.checkpoints,
             "sampler": repr(self.sampler), "steps": len(self.sampler.timesteps), "seed": self.sampling.seed,
-            "num_samples": self.sampling.num_samples, "consistency": self.consistency, "input_grid": self.sampling.input_grid,
+            "num_samples": self.sampling.num_samples, "consistency": self.consistency,
+            "input_grid": self.sampling.input_grid,
             "device": str(self.device),
         }
 

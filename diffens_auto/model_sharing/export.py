@@ -32,8 +32,7 @@ from diffens_auto.errors import DiffensError
 from diffens_auto.hashing import copy_with_sha256
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
 from diffens_auto.model_folder.files import DATASET_FILE, MODEL_FILES, PLANS_FILE
-from diffens_auto.model_folder.location import (ModelLocation, model_folders, recorded_location,
-                                                trained_fold_folders)
+from diffens_auto.model_folder.location import ModelLocation, model_folders, recorded_location, trained_fold_folders
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError, recorded_expert_files
 
 MANIFEST_FILE = "diffens_model_manifest.json"

@@ -19,7 +19,7 @@ from diffens_auto.atomic import atomic_path
 from diffens_auto.dataset.naming import DatasetNotFoundError, dataset_id
 from diffens_auto.hashing import copy_with_sha256, file_sha256
 from diffens_auto.model_sharing.export import (MANIFEST_FILE, MANIFEST_FORMAT_VERSION, ModelSharingError,
-                                              safe_member_path)
+                                               safe_member_path)
 
 
 def read_manifest(archive: zipfile.ZipFile, zip_file: Path) -> dict:

@@ -3,13 +3,13 @@ import math
 from collections.abc import Mapping
 
 from diffens_auto.dataset.dataset_json import degradation_key
+from diffens_auto.errors import DiffensError
 
 from .memory import estimate_inference_memory, estimate_training_memory
 from .presets import Preset, get_preset
 from .topology import (EXPERT_PLANES, PLANE_NAMES, axis_multiples, choose_num_levels, ensembler_in_channels,
-                       ensembler_network, expert_in_channels, expert_network, extent_at_spacing,
-                       feature_injection, round_up, target_spacing_for)
-from diffens_auto.errors import DiffensError
+                       ensembler_network, expert_in_channels, expert_network, extent_at_spacing, feature_injection,
+                       round_up, target_spacing_for)
 
 ENSEMBLERS = {"3d_ensembler": False, "3d_ensembler_small": True}   # configuration -> small variant
 RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffens_auto.planning.plans_schema import PlansError, validate_plans
 from diffens_auto.errors import DiffensError
+from diffens_auto.planning.plans_schema import PlansError, validate_plans
 
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
 

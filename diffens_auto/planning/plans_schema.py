@@ -1,7 +1,6 @@
 """What a plans file must contain, and a check later stages run before they trust one."""
-from diffens_auto.networks.unet import INFORMATIONAL_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
-
 from diffens_auto.errors import DiffensError
+from diffens_auto.networks.unet import INFORMATIONAL_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
 
 REQUIRED_TOP_LEVEL = (
     "plans_name", "preset", "data_identifier", "dataset_name", "channel_names", "dtype", "target_spacing", "crop_size",

@@ -6,6 +6,7 @@ allowance). Values marked "paper" come from Diff-Ensembler Tab. 7, 9, 10, 11; "p
 authors' released code (see METHOD.md).
 """
 from dataclasses import dataclass, field, replace
+
 from diffens_auto.errors import DiffensError
 
 

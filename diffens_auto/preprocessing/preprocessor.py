@@ -24,15 +24,15 @@ from tqdm import tqdm
 
 from diffens_auto.dataset.cases import file_stamps
 from diffens_auto.dataset.dataset_json import DatasetError
+from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, read_case
 from diffens_auto.preprocessing import storage
 from diffens_auto.preprocessing.cropping import crop_to_nonzero
 from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_normalization, degraded_targets,
                                                       normalize)
-from diffens_auto.workers import map_in_workers
 from diffens_auto.preprocessing.resampling import (compute_new_shape, extend_foreground, foreground_at_spacing,
                                                    resample_data, separate_z_axis)
-from diffens_auto.errors import DiffensError
+from diffens_auto.workers import map_in_workers
 
 DEFAULT_RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
 

@@ -20,7 +20,7 @@ def demo_entry() -> None:
     args = parser.parse_args()
 
     def work():
-        from diffens_auto.demo.pipeline import SMOKE, FULL, format_table, run_demo
+        from diffens_auto.demo.pipeline import FULL, SMOKE, format_table, run_demo
         output = args.o or ("diffens_demo_smoke" if args.smoke else "diffens_demo_output")
         summary = run_demo(output, smoke=args.smoke, num_processes=args.np, device=args.device)
         print()

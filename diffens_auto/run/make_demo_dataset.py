@@ -1,15 +1,9 @@
 """`diffens_make_demo_dataset`: write the synthetic DemoBrain dataset into the raw folder."""
 import argparse
 
+from diffens_auto.demo.dataset import (DEFAULT_NOISE, DEFAULT_NUM_CASES, DEFAULT_SHAPE, DEFAULT_SPACING,
+                                       make_demo_dataset)
 from diffens_auto.run.errors import run_command
-
-from diffens_auto.demo.dataset import (
-    DEFAULT_NOISE,
-    DEFAULT_NUM_CASES,
-    DEFAULT_SHAPE,
-    DEFAULT_SPACING,
-    make_demo_dataset,
-)
 
 
 def make_demo_dataset_entry() -> None:

@@ -12,8 +12,8 @@ from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task
 from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
-from diffens_auto.training.experts import (check_expert_hashes, check_experts_trained, ensembler_network,
-                                           expert_specs, load_frozen_experts)
+from diffens_auto.training.experts import (check_expert_hashes, check_experts_trained, ensembler_network, expert_specs,
+                                           load_frozen_experts)
 from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
 from diffens_auto.training.rng import seed_everything
 from diffens_auto.training.run_spec import RunSpec, check_device

@@ -65,7 +65,7 @@ class Progress:
         """Redraw progress.png (atomically): losses (log scale), learning rate, seconds per epoch."""
         if not self.writer or not self.curves["train_loss"]:
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg   # no pyplot: no global backend state
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
         from matplotlib.figure import Figure
 
         path = Path(path) if path is not None else self.folder / "progress.png"

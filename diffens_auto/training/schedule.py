@@ -45,7 +45,6 @@ class EpochSchedule:
         return self.stages[-1]
 
 
-
 def make_schedule(plans: dict, configuration: str, num_epochs: int | None = None,
                   iterations_per_epoch: int | None = None) -> EpochSchedule:
     """The plans' training schedule, with --epochs / --iterations_per_epoch overrides.
@@ -69,7 +68,8 @@ def make_schedule(plans: dict, configuration: str, num_epochs: int | None = None
     # fine_tune_shape is the whole crop, or (patch_wise plans) the largest patch that fits the memory budget
     fine = Stage("finetune", finetune, tuple(config["fine_tune_shape"]), int(config["batch_size"]))
     stages = [Stage("pretrain", pretrain, tuple(config["patch_size"]), int(config["batch_size"])), fine]
-    return EpochSchedule(tuple(s for s in stages if s.num_epochs > 0) or (fine,), iterations, val_iterations, every, fine)
+    stages = tuple(s for s in stages if s.num_epochs > 0) or (fine,)
+    return EpochSchedule(stages, iterations, val_iterations, every, fine)
 
 
 def per_rank_schedule(schedule: EpochSchedule, world_size: int) -> EpochSchedule:

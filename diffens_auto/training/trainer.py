@@ -27,8 +27,8 @@ from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.model_folder import checkpoints as ckpt
 from diffens_auto.training import distributed, rng
 from diffens_auto.training.ema import EMA, unwrap
-from diffens_auto.training.progress import Progress
 from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.progress import Progress
 from diffens_auto.training.schedule import EpochSchedule, Stage
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}

@@ -12,11 +12,11 @@ from diffens_auto.dataset.dataset_json import DatasetSpec, load_dataset_json
 from diffens_auto.dataset.integrity import verify_dataset_integrity
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.dataset.splits import ensure_splits
+from diffens_auto.errors import MissingFileError
 from diffens_auto.fingerprint import load_or_extract_fingerprint
 from diffens_auto.planning import plan_experiment
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.preprocessing.preprocessor import preprocess_dataset
-from diffens_auto.errors import MissingFileError
 
 
 def _raw_dataset(dataset: str | int) -> tuple[str, DatasetSpec]:

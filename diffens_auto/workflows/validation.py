@@ -12,7 +12,6 @@ import time
 import traceback
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
 from diffens_auto import paths

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from synthetic_images import blob, write_sitk
+
 from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetError, load_dataset_json
 from diffens_auto.dataset.integrity import verify_dataset_integrity

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffens_auto.demo.dataset import (
-    case_identifier,
-    demo_cases,
-    demo_dataset_json,
-    direction_from_orientation,
-    make_demo_dataset,
-    sample_demo_case,
-)
+from diffens_auto.demo.dataset import (case_identifier, demo_cases, demo_dataset_json, direction_from_orientation,
+                                       make_demo_dataset, sample_demo_case)
 from diffens_auto.demo.phantom import CHANNELS, TISSUES, Grid, render_case
 from diffens_auto.run.make_demo_dataset import make_demo_dataset_entry
 

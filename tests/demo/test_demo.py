@@ -3,8 +3,7 @@ import json
 
 import numpy as np
 
-from diffens_auto.demo.pipeline import run_demo
-from diffens_auto.demo.pipeline import METHODS, SMOKE, format_table
+from diffens_auto.demo.pipeline import METHODS, SMOKE, format_table, run_demo
 from diffens_auto.imageio import read_image
 from diffens_auto.operators import avgpool_downsample
 

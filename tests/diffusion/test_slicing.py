@@ -158,8 +158,9 @@ def test_runner_from_network_and_grad():
 @pytest.fixture(scope="module")
 def tiny_expert_network():
     """The tiny preset's axial expert network dict (task sr), made 2.5D: one context slice on each side."""
-    from diffens_auto.planning import network_for_task
     from tiny_plans import tiny_plans
+
+    from diffens_auto.planning import network_for_task
     network = {**network_for_task(tiny_plans(), "2d_axial", "sr"), "context_slices": 1}
     network["in_channels"] = 1 + 1 * 3
     return network

@@ -3,6 +3,7 @@ untrained ensembler is the average), sliding windows around any strategy, the fa
 on a tiny plan."""
 import pytest
 import torch
+from tiny_plans import TASK, tiny_models, tiny_plans
 from torch import nn
 
 from diffens_auto.diffusion import sample, sampler_from_plans
@@ -11,8 +12,6 @@ from diffens_auto.diffusion.sliding_window import sliding_window
 from diffens_auto.diffusion.strategies import TPDM, Average, Learned, SingleExpert, Windowed, build_strategy
 from diffens_auto.networks import build_expert
 from diffens_auto.planning import network_for_task
-from tiny_plans import TASK, tiny_models, tiny_plans
-
 
 # ------------------------------------------------------------------ stand-ins and a tiny plan
 

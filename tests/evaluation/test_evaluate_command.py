@@ -4,9 +4,9 @@ import sys
 
 import numpy as np
 import pytest
+from synthetic_images import blob, write_sitk
 
 from diffens_auto.run.evaluate import evaluate_entry
-from synthetic_images import blob, write_sitk
 
 SHAPE = (12, 12, 12)
 

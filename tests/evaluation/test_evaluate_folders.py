@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_images import blob, write_sitk
 
 from diffens_auto.evaluation import evaluate_folders, mace, mae, psnr, ssim3d
 from diffens_auto.imageio import read_image
-from synthetic_images import blob, write_sitk
 
 SHAPE = (16, 14, 12)
 

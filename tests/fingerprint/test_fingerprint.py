@@ -2,10 +2,10 @@
 import json
 
 import numpy as np
+from synthetic_images import write_sitk
 
 from diffens_auto.dataset import find_training_cases, load_dataset_json
 from diffens_auto.fingerprint import extract_fingerprint, load_or_extract_fingerprint
-from synthetic_images import write_sitk
 
 
 def test_fingerprint_of_hand_made_cases(tmp_path):

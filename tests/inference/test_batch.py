@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from synthetic_images import blob, write_sitk
 
 from diffens_auto.imageio import read_image, write_image
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.operators import degrade_image
-from synthetic_images import blob, write_sitk
 
 SR = {"type": "avgpool", "factor": [4, 4, 4]}
 
@@ -128,8 +128,8 @@ def test_two_parts_cover_the_folder_exactly_once(trained_demo_folders, tmp_path)
 
 
 def test_unreadable_input_folder_and_bad_part_are_clear_errors(trained_demo_folders, tmp_path):
-    from diffens_auto.inference.model import PredictionSetupError
     from diffens_auto.dataset.dataset_json import DatasetError
+    from diffens_auto.inference.model import PredictionSetupError
     predictor = DiffensPredictor(steps=1, progress=False).initialize_from_trained_model(900, "sr", "2d_axial")
     with pytest.raises(DatasetError, match="input folder not found"):
         predictor.predict_from_files(tmp_path / "nowhere", tmp_path / "out")

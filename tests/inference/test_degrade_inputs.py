@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from synthetic_images import blob, write_sitk
 
 from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetError
-from diffens_auto.imageio import read_image
 from diffens_auto.dataset.lookup import find_dataset_json
+from diffens_auto.imageio import read_image
 from diffens_auto.inference.degrade_inputs import FAILED, WRITTEN, degrade_folder
-from synthetic_images import blob, write_sitk
 
 DATASET = "Dataset042_Degrade"
 FACTOR = [2, 3, 2]

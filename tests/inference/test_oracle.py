@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffens_auto.imageio import read_image
 from diffens_auto.diffusion.padding import unpad
+from diffens_auto.imageio import read_image
 from diffens_auto.inference.case_preparation import prepare_case
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.operators import degrade_image

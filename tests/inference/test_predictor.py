@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from synthetic_images import blob
 
 from diffens_auto.imageio import check_same_geometry, read_image, write_image
 from diffens_auto.inference.model import PredictionSetupError, load_trained_model
 from diffens_auto.inference.predictor import DiffensPredictor
-from diffens_auto.operators import avgpool_downsample, degrade_image, highres_grid
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
-from synthetic_images import blob
+from diffens_auto.operators import avgpool_downsample, degrade_image, highres_grid
 
 SR = {"type": "avgpool", "factor": [4, 4, 4]}
 # An oblique rotation (about 20 degrees around an oblique axis) whose closest canonical orientation is LPS.

@@ -1,9 +1,9 @@
 """The checkpoint format: a file of a newer format is refused with the fix, plans with a mistyped key too."""
 import pytest
+from tiny_plans import tiny_plans
 
 from diffens_auto.model_folder import checkpoints as ckpt
 from diffens_auto.planning.plans_schema import PlansError, validate_plans
-from tiny_plans import tiny_plans
 
 
 def test_a_checkpoint_of_a_newer_format_is_refused_with_the_fix(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 
 import diffens_auto
 from diffens_auto import paths
-from diffens_auto.model_sharing import MANIFEST_FILE, ModelSharingError, export_model_to_zip, install_model_from_zip
 from diffens_auto.hashing import file_sha256
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
+from diffens_auto.model_sharing import MANIFEST_FILE, ModelSharingError, export_model_to_zip, install_model_from_zip
 
 ENSEMBLER = "sr/3d_ensembler__diffensPlans_tiny/fold_0/checkpoint_final.pth"
 EXPERTS = ("sr/2d_axial__diffensPlans_tiny/fold_0/checkpoint_final.pth",

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffens_auto.planning.memory import (MemoryEstimate, count_parameters, estimate_inference_memory,
-                                          estimate_training_memory, forward_peak, training_activations,
-                                          unet_layers)
+                                          estimate_training_memory, forward_peak, training_activations, unet_layers)
 
 
 def make_network(**overrides) -> dict:

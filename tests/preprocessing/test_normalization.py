@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key,
-                                                      degraded_params, denormalize, normalize, params_from_lowres,
-                                                      params_from_values, renormalize, select_params)
+from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key, degraded_params, denormalize,
+                                                      normalize, params_from_lowres, params_from_values, renormalize,
+                                                      select_params)
 
 PLANS = {"normalization": {"scheme": "percentile_affine", "percentiles": [0.5, 99.5],
                            "dataset": {"1": {"center": 500.0, "half_range": 400.0}}},

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from diffens_auto.preprocessing import resampling
-from diffens_auto.preprocessing.resampling import (compute_new_shape, resample_data, resample_mask,
-                                                   separate_z_axis)
+from diffens_auto.preprocessing.resampling import compute_new_shape, resample_data, resample_mask, separate_z_axis
 
 
 def test_compute_new_shape_rounds_physical_extent():

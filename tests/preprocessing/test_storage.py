@@ -9,8 +9,7 @@ import SimpleITK as sitk
 from diffens_auto.imageio import read_image
 from diffens_auto.preprocessing import (PreprocessingError, case_paths, export_prediction, finished_cases,
                                         is_case_finished, load_case, load_mask_original, preprocess_dataset,
-                                        preprocessing_settings)
-from diffens_auto.preprocessing import preprocessor
+                                        preprocessing_settings, preprocessor)
 
 PLANS = {"plans_name": "diffensPlans", "data_identifier": "diffensPlans", "target_spacing": [1.0, 1.0, 1.0],
          "channel_names": {"0": "FLAIR"},

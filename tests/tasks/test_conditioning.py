@@ -6,7 +6,7 @@ import torch
 from diffens_auto.operators import AvgPoolSR, degrade_image, operator_for
 from diffens_auto.preprocessing.storage import load_case
 from diffens_auto.tasks.conditioning import (make_condition, target_from_y0, task_background, task_volumes,
-                                                upsample_to_grid)
+                                             upsample_to_grid)
 
 
 def _raw(x, params):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from diffens_auto.diffusion import NoiseSchedule
-from diffens_auto.networks import build_expert
 from diffens_auto.model_folder import checkpoints as ckpt
+from diffens_auto.networks import build_expert
 from diffens_auto.training import rng
 from diffens_auto.training.ema import EMA
-from diffens_auto.training.progress import Progress, log_file_name
 from diffens_auto.training.objectives import ExpertObjective
+from diffens_auto.training.progress import Progress, log_file_name
 from diffens_auto.training.schedule import EpochSchedule, Stage
 from diffens_auto.training.trainer import Trainer
 

@@ -16,17 +16,17 @@ import torch
 from diffens_auto import paths
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
 from diffens_auto.run.train import train_entry
 from diffens_auto.training import distributed
-from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
-from diffens_auto.training.ema import unwrap
-from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert
 from diffens_auto.training.api import check_data_parallel
 from diffens_auto.training.assembly import TrainingOptions, build_trainer, default_loaders
-from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
+from diffens_auto.training.ema import unwrap
 from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert
+from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
 from diffens_auto.training.run_spec import resolve_run
 from diffens_auto.training.schedule import EpochSchedule, Stage
 from diffens_auto.training.trainer import Trainer
@@ -69,8 +69,8 @@ def sgd_step(rank: int, world_size: int, wrap, folder) -> dict:
     torch.manual_seed(0)
     stage = Stage("train", 1, (8, 8), 4 // world_size)
     trainer = Trainer(wrap(build_expert(NETWORK)), ExpertObjective(), NoiseSchedule.linear(),
-                      EpochSchedule((stage,), 1, 0, 1, stage), loaders=None, output_folder=folder, lr=1e-3, ema_decay=0.9,
-                      rank=rank, world_size=world_size, echo=False)
+                      EpochSchedule((stage,), 1, 0, 1, stage), loaders=None, output_folder=folder, lr=1e-3,
+                      ema_decay=0.9, rank=rank, world_size=world_size, echo=False)
     trainer.optimizer = torch.optim.SGD(unwrap(trainer.model).parameters(), lr=SGD_LR)  # Adam's 1st step ~ sign(g)
     batch, t, noise = fixed_batch()
     share = slice(rank * stage.batch_size, (rank + 1) * stage.batch_size)
@@ -243,7 +243,8 @@ def test_requests_that_cannot_run_are_clear_errors(demo_env, monkeypatch):
     with pytest.raises(TrainingSetupError, match="give 1 or more"):
         train(DATASET, "sr", "2d_axial", num_gpus=0, **quick)
     with pytest.raises(TrainingSetupError, match="batch size 1 of stage 'pretrain'"):   # ensembler: batch 1
-        check_data_parallel(resolve_run(DATASET, "sr", "3d_ensembler", plans_name=PLANS), TrainingOptions(device="cpu"), 2)
+        check_data_parallel(resolve_run(DATASET, "sr", "3d_ensembler", plans_name=PLANS),
+                            TrainingOptions(device="cpu"), 2)
     with pytest.raises(TrainingSetupError, match="mps"):
         check_data_parallel(resolve_run(DATASET, "sr", "2d_axial", plans_name=PLANS), TrainingOptions(device="mps"), 2)
     if not torch.cuda.is_available():

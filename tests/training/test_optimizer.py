@@ -1,15 +1,15 @@
 """The plans' training section chooses the optimizer and its weight decay; an unknown optimizer is refused."""
 import pytest
 import torch
+from tiny_plans import tiny_plans
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.networks import build_expert
 from diffens_auto.planning import network_for_task
-from diffens_auto.training.objectives import ExpertObjective
 from diffens_auto.training.errors import TrainingSetupError
+from diffens_auto.training.objectives import ExpertObjective
 from diffens_auto.training.schedule import EpochSchedule, Stage
 from diffens_auto.training.trainer import Trainer, make_optimizer
-from tiny_plans import tiny_plans
 
 
 def _trainer(tmp_path, **options):

@@ -8,14 +8,13 @@ import time
 
 import pytest
 import torch
+from training.test_checkpoints import tiny_trainer  # tests/ is on the pytest pythonpath
 
 from diffens_auto import paths
-from diffens_auto.run.train import train_entry
 from diffens_auto.hashing import file_sha256
 from diffens_auto.model_folder import checkpoints as ckpt
+from diffens_auto.run.train import train_entry
 from diffens_auto.workflows.train import train
-
-from training.test_checkpoints import tiny_trainer   # tests/ is on the pytest pythonpath
 
 DATASET, PLANS = "Dataset900_DemoBrain", "diffensPlans_tiny"
 RUN = ["900", "sr", "2d_axial", "-p", PLANS, "--epochs", "4", "--iterations_per_epoch", "3"]

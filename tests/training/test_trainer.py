@@ -10,15 +10,15 @@ import torch
 from diffens_auto import paths
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import ExpertRunner
-from diffens_auto.networks import Ensembler, build_expert
-from diffens_auto.planning import network_for_task, plan_experiment
-from diffens_auto.run.train import train_entry
 from diffens_auto.hashing import file_sha256
 from diffens_auto.model_folder.checkpoints import BEST, FINAL, LATEST, load_checkpoint, model_from_checkpoint
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
+from diffens_auto.networks import Ensembler, build_expert
+from diffens_auto.planning import network_for_task, plan_experiment
+from diffens_auto.run.train import train_entry
+from diffens_auto.training.errors import TrainingSetupError
 from diffens_auto.training.experts import ExpertsNotTrainedError, FrozenExpert, condition_indices
 from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
-from diffens_auto.training.errors import TrainingSetupError
 from diffens_auto.training.run_spec import resolve_run
 from diffens_auto.training.schedule import EpochSchedule, Stage, make_schedule
 from diffens_auto.training.trainer import Trainer
@@ -193,8 +193,9 @@ def _steps_to_fall_tenfold(trainer, batch, t, noise, max_steps=500):
 
 def _trainer(model, objective, plans, shape, tmp_path, lr):
     stage = Stage("train", 1, shape, 1)
-    return Trainer(model, objective, NoiseSchedule.from_plans(plans["diffusion"]), EpochSchedule((stage,), 1, 0, 1, stage),
-                   loaders=None, output_folder=tmp_path, lr=lr, ema_decay=0.99, echo=False)
+    return Trainer(model, objective, NoiseSchedule.from_plans(plans["diffusion"]),
+                   EpochSchedule((stage,), 1, 0, 1, stage), loaders=None, output_folder=tmp_path, lr=lr,
+                   ema_decay=0.99, echo=False)
 
 
 def test_expert_overfits_one_batch(overfit_plans, tmp_path):
