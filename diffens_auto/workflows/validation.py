@@ -1,5 +1,7 @@
 """Validation after training: sample the fold's validation cases with few steps and score them (predict + evaluate).
 
+It also writes the per-timestep diagnostic of the model (workflows/timestep_diagnostic.py) for the cases it scored.
+
 Each validation case is made from its raw files exactly as a user's input would be (the target degraded with the
 task's degradation and written geometry, the other inputs as they are), predicted with the trained configuration,
 written to fold_F/validation/CASE<file_ending> on the reference's grid, and compared with the reference:
@@ -26,6 +28,7 @@ from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import degrade_image
 from diffens_auto.preprocessing import storage
+from diffens_auto.workflows.timestep_diagnostic import timestep_diagnostic, write_timestep_diagnostic
 
 VALIDATION_STEPS = 10
 METRICS = ("psnr", "ssim", "mae", "psnr_foreground")
@@ -96,9 +99,23 @@ def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: s
                    "ssim": "mean 3D SSIM (Gaussian window sigma 1.5, K1 0.01, K2 0.03, L = R) over the volume",
                    "mae": "mean |reference - prediction| over the whole volume (image intensities)",
                    "psnr_foreground": "PSNR over the reference's non-zero voxels, R as above"},
-               "mean": mean, "cases": rows}
+               "mean": mean, "cases": rows,
+               "timestep_diagnostic": _diagnose(model, preprocessed / plans["data_identifier"],
+                                                [r["case"] for r in done], output, seed=seed, device=device)}
     atomic_write_json(summary, output / "summary.json")
     return summary
+
+
+def _diagnose(model, data_folder, cases: list[str], output, *, seed: int, device) -> str:
+    """Write the per-timestep diagnostic of the validated cases; its file name, or why it could not be made."""
+    if not cases:
+        return "not made: no validation case was predicted"
+    try:
+        json_path, _ = write_timestep_diagnostic(timestep_diagnostic(model, data_folder, cases, seed=seed,
+                                                                     device=device), output)
+    except Exception as e:    # the diagnostic explains a model; its failure must not lose the validation's scores
+        return f"not made: {type(e).__name__}: {e}"
+    return json_path.name
 
 
 def validation_report(summary: dict) -> str:
