@@ -13,7 +13,12 @@ starts on a block boundary), then cropped,
 resampled and normalised exactly as training data (`preprocess_arrays`). The target's intensity scale comes from
 the low-resolution input itself (its "degraded" parameter set, as training computed it from A(target)); an MT
 target's from the dataset statistics. Per-step consistency works on the preprocessed grid with the measurement
-A(nearest-neighbour up(lr)) resampled there.
+A(nearest-neighbour up(lr)) resampled there. Sampling grid (`sampling_spacing`): an SR output grid whose spacing is
+within the plans' `inference.sr_spacing_tolerance` (relative, per axis) of the target spacing is sampled at its own
+spacing, so preprocessing only crops and the per-step projection pools exactly the input's blocks; beyond the
+tolerance the case is resampled to the target spacing and only the final projection is applied (blocks of a
+resampled grid drift against the input's). Plans without the key resample every case and project per step on the
+resampled grid, as before.
 
 Back: invert the preprocessing onto the output grid, zero everything outside the input's non-zero blocks, then
 apply the consistency projection in original intensities on that grid, so A(output) = input holds exactly
@@ -121,7 +126,18 @@ def _pad(volume: torch.Tensor, multiples, values) -> tuple[torch.Tensor, list]:
     return torch.cat(channels, dim=1), pads
 
 
-def _resample_like(volume: np.ndarray, properties: Mapping, order: int = 1) -> np.ndarray:
+def sampling_spacing(plans: Mapping, output_props: Mapping, task_plans: Mapping) -> tuple[list[float], bool]:
+    """(spacing to sample at, whether the per-step projection may run there) for a case's output grid."""
+    target = [float(s) for s in plans["target_spacing"]]
+    tolerance = plans.get("inference", {}).get("sr_spacing_tolerance")
+    if not task_plans.get("degradation") or tolerance is None:
+        return target, True
+    spacing = [float(s) for s in output_props["spacing"]]
+    drift = max(abs(s - t) / t for s, t in zip(spacing, target))
+    return (spacing, True) if drift <= float(tolerance) else (target, False)
+
+
+def resample_like_case(volume: np.ndarray, properties: Mapping, order: int = 1) -> np.ndarray:
     """Crop a volume on the case's grid to the case's bbox and resample it as preprocessing did (linear)."""
     region = tuple(slice(lo, hi) for lo, hi in properties["bbox"])
     resampling = properties["resampling"]
@@ -156,7 +172,9 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
         # Only the input's non-zero blocks are predicted (the rest is exactly 0): cropping to them also starts the
         # crop on a block boundary, so A on the preprocessed grid pools the same blocks as A on the output grid.
         rows = [row * keep for row in rows]
-    data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props, plans, case_id,
+    spacing, project_per_step = sampling_spacing(plans, output_props, task_plans)
+    data, _mask, properties, mask_original = preprocess_arrays(np.stack(rows), output_props,
+                                                               {**plans, "target_spacing": spacing}, case_id,
                                                                channels=channels)
     percentiles = plans.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
     entries = properties["normalization"]
@@ -177,9 +195,9 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
     condition, pads = _pad(condition, plans["crop_multiples"], pad_values)
 
     measurement = None
-    if degradation and consistency:
+    if degradation and consistency and project_per_step:
         nearest = operator.pinv(torch.from_numpy(lowres), hr_shape).numpy()
-        measured = normalize(_resample_like(nearest, properties), target_params)
+        measured = normalize(resample_like_case(nearest, properties), target_params)
         measurement = operator.A(torch.from_numpy(measured)[None, None])
     preview = rows[-1] if degradation else rows[0]
     return PreparedCase(case_id, condition, pads, measurement, properties, mask_original, target_params,

@@ -15,6 +15,8 @@ ENSEMBLERS = {"3d_ensembler": False, "3d_ensembler_small": True}   # configurati
 RESAMPLING = {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
 PERCENTILES = (0.5, 99.5)
 SLIDING_WINDOW_OVERLAP = 0.5
+# SR inputs whose output grid (input grid x factor) is this close to the target spacing are sampled on that grid
+SR_SPACING_TOLERANCE = 0.1
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
@@ -65,7 +67,7 @@ def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset
         "configurations": configurations,
         "training": {"expert": dict(p.expert_training), "ensembler": dict(p.ensembler_training)},
         "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "gaussian_sigma_scale": GAUSSIAN_SIGMA_SCALE,
-                      "slice_batch_size": slice_batch_size},
+                      "slice_batch_size": slice_batch_size, "sr_spacing_tolerance": SR_SPACING_TOLERANCE},
         "memory_model": {"workspace_gb": p.workspace_gb, "units": "GB = 2**30 bytes",
                          "documentation": "documentation/planning.md"},
     }

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from diffens_auto.diffusion.padding import unpad
 from diffens_auto.imageio import read_image
-from diffens_auto.inference.case_preparation import prepare_case
+from diffens_auto.inference.case_preparation import prepare_case, resample_like_case
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.operators import degrade_image
 from diffens_auto.preprocessing.normalization import normalize
@@ -74,3 +74,45 @@ def test_an_oracle_denoiser_gives_back_the_reference(trained_demo_folders, task,
 
     assert output.shape == reference.shape
     assert np.abs(output - reference).max() <= 1e-3 * np.abs(reference).max()
+
+
+def _psnr(reference: np.ndarray, output: np.ndarray) -> float:
+    data_range = float(reference.max() - reference.min())
+    return 10 * np.log10(data_range ** 2 / float(np.mean((output.astype(np.float64) - reference) ** 2)))
+
+
+@pytest.mark.parametrize("tolerance", ["planned", "absent"])
+def test_per_step_projection_off_the_target_spacing_costs_nothing(trained_demo_folders, tolerance):
+    """A case 4 % off the target spacing: the oracle chain with per-step projection scores as the one without.
+
+    With the plans' sr_spacing_tolerance the case is sampled on its own output grid, where the projection pools
+    the input's blocks exactly; plans without the key (made before it existed) resample the case and project onto
+    blocks that drift against the input's, which is what the planned tolerance avoids.
+    """
+    predictor = DiffensPredictor(steps=4, progress=False).initialize_from_trained_model(900, "sr", "2d_axial")
+    plans, task_plans = predictor.model.plans, predictor.model.task_plans
+    if tolerance == "absent":
+        plans["inference"].pop("sr_spacing_tolerance")
+    reference, reference_props = _case_on_target_spacing(trained_demo_folders, plans, "DemoBrain_003")[3]
+    reference_props["spacing"] = [1.04 * s for s in reference_props["spacing"]]
+    lowres, lowres_props = degrade_image(reference, reference_props, SR)
+    case = prepare_case({3: lowres}, {3: lowres_props}, plans, "sr", input_grid="lr", case_id="oracle")
+    resampled = case.properties["shape_after_crop"] != case.properties["shape_after_resampling"]
+    assert resampled == (tolerance == "absent")
+
+    true_target = normalize(resample_like_case(reference * case.keep, case.properties,
+                                               order=plans["resampling"]["order"]), case.target_params)
+    true_target = torch.from_numpy(true_target)[None, None]
+    y0 = (true_target - unpad(case.condition[:, -1:], case.pads)) / 2 \
+        if task_plans["parametrization"] == "epsilon_residual" else true_target
+    predictor.model.strategy = Oracle(F.pad(y0, [p for pair in reversed(case.pads) for p in pair]),
+                                      predictor.sampler.schedule)
+    with_projection = _psnr(reference, predictor.sample_case(case)[0])
+    case.measurement = None                     # the final projection stays, the per-step one goes
+    without_projection = _psnr(reference, predictor.sample_case(case)[0])
+    print(f"tolerance {tolerance}: {with_projection:.2f} dB with, {without_projection:.2f} dB without per-step "
+          "projection")
+    if tolerance == "planned":
+        assert abs(with_projection - without_projection) <= 0.5
+    else:
+        assert without_projection - with_projection > 0.5
