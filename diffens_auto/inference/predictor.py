@@ -7,9 +7,9 @@
 
 Each sample starts from its own seed (seed, seed + 1, ...), so the first of N samples equals a 1-sample run (the
 noise is drawn on the CPU, so it is the same on every device; the outputs agree up to floating-point rounding).
-The x0 estimate of every step is clipped (plans' clip_x0) and, for a task with a degradation, projected onto
-the measurement on the preprocessed grid; the finished image gets the exact projection on the output grid
-(case_preparation.py).
+The x0 estimate of every step is clipped (plans' clip_x0) and, for a task with a degradation sampled on a grid
+whose blocks are the input's (case_preparation.sampling_spacing), projected onto the measurement there; the
+finished image gets the exact projection on the output grid (case_preparation.py).
 """
 from __future__ import annotations
 
