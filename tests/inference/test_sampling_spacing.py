@@ -10,7 +10,8 @@ SR = {"target": 1, "degradation": {"type": "avgpool", "factor": [4, 4, 4]}}
 @pytest.fixture
 def plans():
     plans = tiny_plans()
-    assert plans["inference"]["sr_spacing_tolerance"] == 0.1          # what the planner writes
+    assert plans["inference"]["sr_spacing_tolerance"] == 0.0          # what the planner writes (measured)
+    plans["inference"]["sr_spacing_tolerance"] = 0.1
     plans["target_spacing"] = [1.0, 1.0, 2.0]
     return plans
 
@@ -22,6 +23,12 @@ def plans():
 ])
 def test_an_sr_case_is_sampled_on_its_own_grid_within_the_tolerance(plans, spacing, expected):
     assert sampling_spacing(plans, {"spacing": spacing}, SR) == expected
+
+
+def test_the_planned_tolerance_samples_only_cases_on_the_target_spacing_with_per_step_projection(plans):
+    plans["inference"]["sr_spacing_tolerance"] = 0.0
+    assert sampling_spacing(plans, {"spacing": [1.0, 1.0, 2.0]}, SR) == ([1.0, 1.0, 2.0], True)
+    assert sampling_spacing(plans, {"spacing": [1.01, 1.0, 2.0]}, SR) == ([1.0, 1.0, 2.0], False)
 
 
 def test_plans_without_the_key_and_tasks_without_a_degradation_keep_the_target_spacing(plans):
