@@ -99,10 +99,11 @@ def _first_ensembler(plans: dict) -> str | None:
     return names[0] if names else None
 
 
-def default_configuration(location: ModelLocation, plans: dict, checkpoint: str) -> str:
+def default_configuration(dataset_results: Path, task: str, plans: dict, *, fold, checkpoint: str) -> str:
     """The plans' first ensembler if trained (else the average of its experts), as `-c` left out means."""
     ensembler = _first_ensembler(plans)
-    if ensembler and location.with_configuration(ensembler).checkpoint(checkpoint).is_file():
+    location = ModelLocation(dataset_results, task, ensembler, plans["plans_name"], fold) if ensembler else None
+    if location is not None and location.checkpoint(checkpoint).is_file():
         return ensembler
     return "average"
 
@@ -138,13 +139,12 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
     plans_name = _plans_name(dataset_results, task, plans_name)
     with prediction_request():
         fold = parse_fold(fold)
-    location = ModelLocation(dataset_results, task, configuration or "", plans_name, fold)
-    plans = (load_model_plans(location.model_folder, location.dataset_name, plans_name)
-             if configuration and (location.model_folder / PLANS_FILE).is_file() else _any_model_plans(location))
+    plans = _model_plans(dataset_results, task, configuration, plans_name)
     if task not in plans["tasks"]:
         raise PredictionSetupError(f"-t {task}: no such task in plans {plans_name} (tasks: {sorted(plans['tasks'])}).")
     if configuration is None:
-        location = location.with_configuration(default_configuration(location, plans, checkpoint))
+        configuration = default_configuration(dataset_results, task, plans, fold=fold, checkpoint=checkpoint)
+    location = ModelLocation(dataset_results, task, configuration, plans_name, fold)
     if experts and location.configuration not in EXPERT_STRATEGIES:
         raise PredictionSetupError(f"--experts {' '.join(experts)}: only -c average or -c tpdm combine chosen experts "
                                    f"(-c {location.configuration} uses its own). Fix: add -c average, or leave "
@@ -160,12 +160,14 @@ def load_trained_model(dataset, task: str, configuration: str | None = None, fol
     return _load_expert_strategy(request, plans, experts)
 
 
-def _any_model_plans(location: ModelLocation) -> dict:
-    """Plans of any configuration of the task trained with the location's plans (they are all the same file)."""
-    for trained in model_folders(location.dataset_results, location.task):
-        if trained.plans_name == location.plans_name and (trained.model_folder / PLANS_FILE).is_file():
-            return load_model_plans(trained.model_folder, location.dataset_name, location.plans_name)
-    return load_plans(paths.preprocessed_folder() / location.dataset_name, location.plans_name)
+def _model_plans(dataset_results: Path, task: str, configuration: str | None, plans_name: str) -> dict:
+    """The plans the configuration was trained with, else those of any model folder of the task with these plans
+    (they are all the same file), else the preprocessed folder's plans file."""
+    trained = [m for m in model_folders(dataset_results, task)
+               if m.plans_name == plans_name and (m.model_folder / PLANS_FILE).is_file()]
+    for model in [m for m in trained if m.configuration == configuration] + trained:
+        return load_model_plans(model.model_folder, dataset_results.name, plans_name)
+    return load_plans(paths.preprocessed_folder() / dataset_results.name, plans_name)
 
 
 def _record(role: str, name: str, path: Path, sha256: str | None = None) -> dict:

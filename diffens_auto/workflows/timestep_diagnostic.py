@@ -74,14 +74,16 @@ def timestep_diagnostic(model: TrainedModel, data_folder: Path, cases: list[str]
 
         def to_target(volume):
             return target_from_y0(volume, condition, model.task_plans)
-        data_range = float(to_target(y0)[region].max() - to_target(y0)[region].min())
-        for name, strategy in strategies.items():
-            rows = timestep_errors(strategy, schedule, y0, condition, timesteps=timesteps, noise=noise,
-                                   to_target=to_target, region=region)
+        truth = to_target(y0)[region]
+        data_range = float(truth.max() - truth.min())
+        errors = {name: timestep_errors(strategy, schedule, y0, condition, timesteps=timesteps, noise=noise,
+                                        to_target=to_target, region=region) for name, strategy in strategies.items()}
+        # the trivial predictor's errors depend only on the sample: any strategy's copy of them is the same
+        errors[TRIVIAL] = {"x0_mse": errors[model.configuration]["trivial_x0_mse"],
+                           "eps_mse": errors[model.configuration]["trivial_eps_mse"]}
+        for name, rows in errors.items():
             sums[name]["x0_psnr"].append([_psnr(m, data_range) for m in rows["x0_mse"]])
             sums[name]["eps_mse"].append(rows["eps_mse"])
-        sums[TRIVIAL]["x0_psnr"].append([_psnr(m, data_range) for m in rows["trivial_x0_mse"]])
-        sums[TRIVIAL]["eps_mse"].append(rows["trivial_eps_mse"])
     curves = {name: {key: [_mean(column) for column in zip(*values)] for key, values in entry.items()}
               for name, entry in sums.items()}
     return {"configuration": model.configuration, "task": model.task, "cases": sorted(cases),
