@@ -18,7 +18,7 @@ PACKAGE = pathlib.Path(diffens_auto.__file__).parent
 
 # low to high; a unit imports only from its own layer or below (the root modules are named by file)
 LAYERS = [
-    ["__init__", "paths", "atomic", "errors", "devices", "foreground", "hashing", "workers"],
+    ["__init__", "paths", "atomic", "errors", "devices", "foreground", "hashing", "intensity", "workers"],
     ["operators", "networks", "diffusion"],
     ["imageio"],
     ["dataset"],

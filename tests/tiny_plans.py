@@ -15,8 +15,8 @@ def tiny_plans(shape=(16, 16, 16), factor=2, task: str = TASK, channels=("T1", "
                    "foreground_intensity_properties_per_channel": {
                        str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(len(channels))}}
     tasks = {task: {"target": target, "inputs": [], "degradation": {"type": "avgpool", "factor": factor}}}
-    return plan_experiment(fingerprint, tasks, dict(enumerate(channels)), "Dataset001_Tiny",
-                           gpu_memory_target_gb=gpu_memory_target_gb, preset="tiny")
+    return plan_experiment(with_residual_statistics(fingerprint, tasks), tasks, dict(enumerate(channels)),
+                           "Dataset001_Tiny", gpu_memory_target_gb=gpu_memory_target_gb, preset="tiny")
 
 
 def tiny_models(plans: dict, task: str = TASK, seed: int = 0) -> tuple[dict, dict]:
@@ -32,3 +32,26 @@ def tiny_models(plans: dict, task: str = TASK, seed: int = 0) -> tuple[dict, dic
             ensemblers[name] = Ensembler(network, config["experts"], parametrizations,
                                          plans["tasks"][task]["ensembler_lambda"]).eval()
     return experts, ensemblers
+
+
+def residual_statistics(rms: float = 0.25, abs_max: float = 1.5) -> dict:
+    """Pooled residual statistics as the fingerprint extractor writes them for one SR degradation."""
+    return {"rms": rms, "abs_percentile_99": 0.6 * abs_max, "abs_percentile_99_9": 0.8 * abs_max,
+            "abs_max": abs_max, "num_voxels": 1000}
+
+
+def any_residual_statistics(num_channels: int, **stats) -> dict:
+    """residual_statistics_per_channel for every channel under every avgpool factor of 1-4 per axis."""
+    keys = [f"avgpool_{a}x{b}x{c}" for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)]
+    return {str(channel): {key: residual_statistics(**stats) for key in keys} for channel in range(num_channels)}
+
+
+def with_residual_statistics(fingerprint: dict, tasks: dict, **stats) -> dict:
+    """A hand-made fingerprint plus residual statistics of each SR task's target (what the extractor measures)."""
+    residuals = {}
+    for task in tasks.values():
+        degradation = task.get("degradation")
+        if degradation:
+            key = f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
+            residuals.setdefault(str(task["target"]), {})[key] = residual_statistics(**stats)
+    return {**fingerprint, "residual_statistics_per_channel": residuals}

@@ -30,6 +30,7 @@ DATASET_NAME = "DemoBrain"
 FILE_ENDING = ".nii.gz"
 DEFAULT_NUM_CASES = 10
 DEFAULT_SHAPE = (48, 48, 48)
+DEFAULT_SR_FACTOR = 4         # the paper's 4x isotropic setting
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 DEFAULT_NOISE = 0.02
 
@@ -187,9 +188,9 @@ def _sample_tumour_offset(rng: np.random.Generator, semi_axes: np.ndarray, radiu
     return unit * depth * semi_axes
 
 
-def demo_dataset_json(num_cases: int, description: str = "") -> dict:
-    """The dataset.json of the demo dataset, with its three tasks (sr, mt, both)."""
-    degradation = {"type": "avgpool", "factor": [4, 4, 4]}
+def demo_dataset_json(num_cases: int, description: str = "", sr_factor: int = DEFAULT_SR_FACTOR) -> dict:
+    """The dataset.json of the demo dataset, with its three tasks (sr, mt, both); sr and both pool sr_factor^3."""
+    degradation = {"type": "avgpool", "factor": [int(sr_factor)] * 3}
     return {
         "name": DATASET_NAME,
         "description": description or "Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo).",
@@ -236,6 +237,7 @@ def make_demo_dataset(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     seed: int = 0,
     noise: float = DEFAULT_NOISE,
+    sr_factor: int = DEFAULT_SR_FACTOR,
 ) -> Path:
     """Write `Dataset{id:03d}_DemoBrain` into `output_folder` (default: the raw folder) and return its path.
 
@@ -243,6 +245,8 @@ def make_demo_dataset(
     removes demo cases beyond `num_cases`; dataset.json is written last, so a dataset with one is complete.
     """
     _check_arguments(dataset_id, num_cases, shape, spacing, noise)
+    if int(sr_factor) != sr_factor or not 1 < sr_factor < min(shape):
+        raise ValueError(f"sr_factor must be an integer between 2 and the smallest size - 1, got {sr_factor}.")
     if output_folder is None:
         output_folder = paths.raw_folder()
     folder = Path(output_folder) / dataset_folder_name(dataset_id)
@@ -255,7 +259,7 @@ def make_demo_dataset(
         f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
         "Labels are the phantom's tissues; every case has its own orientation, origin and spacing."
     )
-    atomic_write_json(demo_dataset_json(num_cases, description), folder / "dataset.json")
+    atomic_write_json(demo_dataset_json(num_cases, description, sr_factor), folder / "dataset.json")
     return folder
 
 

@@ -4,15 +4,19 @@ Steps (each one the API of a command, so the demo is what a user would type):
   1. dataset      make_demo_dataset (training cases) + held-out test cases rendered the same way
   2. plan         diffens_plan_and_preprocess -pl tiny --verify_dataset_integrity
   3. train        diffens_train ... 2d_axial / 2d_sagittal / 3d_ensembler -f all (briefly)
-  4. inputs       diffens_degrade: the test cases' FLAIR pooled 4x, with geometry
-  5. predict      trilinear interpolation (the floor), then diffens_predict -c 2d_axial | tpdm | average |
-                  3d_ensembler with the same seed and steps, previews on
+  4. inputs       diffens_degrade: the test cases' FLAIR pooled by the demo's factor, with geometry
+  5. predict      trilinear interpolation, with and without the exact consistency projection (the projected one is
+                  the floor every diffusion row must beat), then diffens_predict -c 2d_axial | tpdm | average (the
+                  ensembler's two experts, and all three planes as TOSM) | 3d_ensembler, with the same plans sampler
+                  settings, seed and steps, previews on
   6. evaluate     diffens_evaluate against the held-out high-resolution FLAIR
   7. report       the table (printed, demo_table.md, demo_summary.json) and comparison PNGs per test case
 
 Every step resumes: a re-run with the same work folder skips finished training and predictions.
 `smoke` runs the same code on smaller volumes with a few iterations (CI); the full demo's sizes are chosen so
-that it finishes within 15 minutes on 2 CPU cores.
+that it finishes within 15 minutes on 2 CPU cores. Its setting rule, fixed before measuring: the low-resolution
+input keeps at least 16^3 voxels of the field of view, so that it holds structure worth recovering (4x of 48^3
+leaves 12^3; the full demo pools 2x, 24^3). `LEGACY` is the earlier 48^3 / 4x setting, kept to report its rows.
 """
 from __future__ import annotations
 
@@ -37,9 +41,28 @@ from diffens_auto.workflows.train import train
 
 DEMO_DATASET_ID = 900
 TASK = "sr"
-# (row name, diffens_predict -c) in the order of the paper's Table 1; None: trilinear interpolation
-METHODS = (("Trilinear", None), ("2D axial (Palette)", "2d_axial"), ("TPDM", "tpdm"),
-           ("Average (TOSM-like)", "average"), ("Diff-Ensembler", "3d_ensembler"))
+TOSM_EXPERTS = ("2d_axial", "2d_sagittal", "2d_coronal")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the demo's table: diffens_predict -c `configuration` (--experts), or trilinear interpolation."""
+
+    name: str
+    folder: str                           # predictions/<folder>, evaluation/<folder>.json
+    configuration: str | None = None      # None: trilinear interpolation
+    experts: tuple[str, ...] | None = None
+    project: bool = False                 # trilinear only: the exact consistency projection afterwards
+
+
+# in the order of the paper's Table 1, after the two interpolation rows
+METHODS = (Method("Trilinear", "trilinear"),
+           Method("Trilinear + projection (floor)", "trilinear_projected", project=True),
+           Method("2D axial (Palette)", "2d_axial", "2d_axial"),
+           Method("TPDM", "tpdm", "tpdm"),
+           Method("Average of 2 (axial, sagittal)", "average", "average"),
+           Method("Average of 3 planes (TOSM)", "average_3", "average", TOSM_EXPERTS),
+           Method("Diff-Ensembler", "3d_ensembler", "3d_ensembler"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class DemoSettings:
     num_test_cases: int
     shape: tuple
     spacing: tuple
+    sr_factor: int                # average pooling per axis of the sr task
     expert_epochs: int
     expert_iterations: int        # per epoch
     ensembler_epochs: int         # split pretrain : fine-tune as the plans say (tiny: 1 : 1)
@@ -57,10 +81,13 @@ class DemoSettings:
     steps: int
 
 
-FULL = DemoSettings(8, 2, (48, 48, 48), (1.5, 1.5, 1.5), expert_epochs=10, expert_iterations=200,
+FULL = DemoSettings(8, 2, (48, 48, 48), (1.5, 1.5, 1.5), sr_factor=2, expert_epochs=10, expert_iterations=200,
                     ensembler_epochs=10, ensembler_iterations=25, steps=20)
-SMOKE = DemoSettings(3, 1, (32, 32, 32), (2.0, 2.0, 2.0), expert_epochs=1, expert_iterations=4,
+LEGACY = DemoSettings(8, 2, (48, 48, 48), (1.5, 1.5, 1.5), sr_factor=4, expert_epochs=10, expert_iterations=200,
+                      ensembler_epochs=10, ensembler_iterations=25, steps=20)
+SMOKE = DemoSettings(3, 1, (32, 32, 32), (2.0, 2.0, 2.0), sr_factor=2, expert_epochs=1, expert_iterations=4,
                      ensembler_epochs=2, ensembler_iterations=2, steps=3)
+SETTINGS = {"full": FULL, "legacy": LEGACY, "smoke": SMOKE}
 
 
 class DemoSetupError(DiffensError, ValueError):
@@ -74,9 +101,10 @@ def check_work_folder(work: Path, settings: DemoSettings, seed: int) -> None:
     if path.is_file():
         earlier = json.loads(path.read_text(encoding="utf-8"))
         if earlier != json.loads(json.dumps(record)):
-            kind = "a smoke" if earlier.get("steps") == SMOKE.steps else "a full"
-            raise DemoSetupError(f"{work} holds {kind} diffens_demo run with other settings. Fix: use another -o, or "
-                                 "delete the folder.")
+            kind = next((name for name, s in SETTINGS.items()
+                         if json.loads(json.dumps({**asdict(s), "seed": earlier.get("seed")})) == earlier), "another")
+            raise DemoSetupError(f"{work} holds a diffens_demo run of the {kind!r} setting (or another version's), "
+                                 "not of this one. Fix: use another -o, or delete the folder.")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, path)
 
@@ -113,14 +141,14 @@ def _dataset(work: Path, raw: Path, settings: DemoSettings, seed: int) -> Path:
     existing = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
     if existing.get("numTraining") != settings.num_train_cases:
         make_demo_dataset(raw, DEMO_DATASET_ID, num_cases=settings.num_train_cases, shape=tuple(settings.shape),
-                          spacing=tuple(settings.spacing), seed=seed)
+                          spacing=tuple(settings.spacing), seed=seed, sr_factor=settings.sr_factor)
     make_test_cases(work / "test_cases", settings, seed)
     return folder
 
 
 def _train(settings: DemoSettings, plans: dict, device, verbose: bool) -> list[str]:
     ensembler = "3d_ensembler"
-    experts = list(plans["configurations"][ensembler]["experts"])
+    experts = list(dict.fromkeys([*plans["configurations"][ensembler]["experts"], *TOSM_EXPERTS]))
     for configuration in experts:
         train(DEMO_DATASET_ID, TASK, configuration, "all", continue_training=True, device=device,
               num_epochs=settings.expert_epochs, iterations_per_epoch=settings.expert_iterations, echo=verbose,
@@ -142,40 +170,46 @@ def _previous_seconds(work: Path) -> dict:
 def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, device, seed: int) -> dict:
     """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
     seconds, previous = {}, _previous_seconds(work)
-    for method, configuration in METHODS:
-        output = work / "predictions" / (configuration or "trilinear")
-        if configuration is None:
+    for method in METHODS:
+        output = work / "predictions" / method.folder
+        if method.configuration is None:
             started = time.time()
             files = {p.name[: -len("_0003.nii.gz")]: p for p in sorted(inputs.glob("*_0003.nii.gz"))}
-            trilinear_folder(files, output, plans["tasks"][TASK]["degradation"])
-            seconds[method] = (time.time() - started) / max(len(files), 1)
+            trilinear_folder(files, output, plans["tasks"][TASK]["degradation"], project=method.project)
+            seconds[method.name] = (time.time() - started) / max(len(files), 1)
             continue
         predictor = DiffensPredictor(steps=settings.steps, seed=seed, device=device, progress=False, previews=True)
-        predictor.initialize_from_trained_model(DEMO_DATASET_ID, TASK, configuration, fold="all")
+        predictor.initialize_from_trained_model(DEMO_DATASET_ID, TASK, method.configuration, fold="all",
+                                                experts=list(method.experts) if method.experts else None)
         summary = predictor.predict_from_files(inputs, output, continue_prediction=True)
         done = [row for row in summary["cases"] if row["status"] == "done"]
         failed = [row for row in summary["cases"] if row["status"] == "failed"]
         if failed:
-            raise RuntimeError(f"diffens_demo: {method} failed on {[r['case'] for r in failed]}: "
+            raise RuntimeError(f"diffens_demo: {method.name} failed on {[r['case'] for r in failed]}: "
                                f"{failed[0]['message']}")
-        seconds[method] = sum(r["seconds"] for r in done) / len(done) if done else previous.get(method)
+        seconds[method.name] = sum(r["seconds"] for r in done) / len(done) if done else previous.get(method.name)
     return seconds
 
 
 def _evaluate(work: Path) -> dict:
     results = {}
-    for method, configuration in METHODS:
-        name = configuration or "trilinear"
-        results[method] = evaluate_folders(work / "test_cases" / "imagesTr", work / "predictions" / name,
-                                           output_file=work / "evaluation" / f"{name}.json", ref_channel=3,
-                                           num_processes=1, mmd=True, verbose=False)
+    for method in METHODS:
+        results[method.name] = evaluate_folders(work / "test_cases" / "imagesTr", work / "predictions" / method.folder,
+                                                output_file=work / "evaluation" / f"{method.folder}.json",
+                                                ref_channel=3, num_processes=1, mmd=True, verbose=False)
     return results
 
 
-def run_demo(work_folder: str | Path, *, smoke: bool = False, num_processes: int = 2, device="cpu", seed: int = 0,
-             verbose: bool = True) -> dict:
-    """Run the demo in `work_folder` (diffens_raw/preprocessed/results inside it); returns its summary."""
-    settings = SMOKE if smoke else FULL
+def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "full", num_processes: int = 2,
+             device="cpu", seed: int = 0, verbose: bool = True) -> dict:
+    """Run the demo in `work_folder` (diffens_raw/preprocessed/results inside it); returns its summary.
+
+    `setting`: "full" (the default), "legacy" (the earlier 48^3 / 4x rows) or "smoke" (what smoke=True means).
+    """
+    setting = "smoke" if smoke else setting
+    if setting not in SETTINGS:
+        raise DemoSetupError(f"Unknown demo setting {setting!r}. Fix: use one of {sorted(SETTINGS)}.")
+    settings, smoke = SETTINGS[setting], setting == "smoke"
     work = Path(work_folder).resolve()
     check_work_folder(work, settings, seed)
     folders = paths.use_folders(work)
@@ -190,14 +224,16 @@ def run_demo(work_folder: str | Path, *, smoke: bool = False, num_processes: int
     clock.done(f"training {', '.join(trained)}")
     inputs = work / "test_inputs"
     degrade_folder(work / "test_cases" / "imagesTr", inputs, DEMO_DATASET_ID, TASK, verbose=False)
-    clock.done("degraded test inputs (FLAIR pooled 4x4x4)")
+    clock.done(f"degraded test inputs (FLAIR pooled {settings.sr_factor}x per axis)")
     seconds = _predict(work, inputs, settings, plans, device=device, seed=seed)
-    clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 1} strategies + trilinear)")
+    clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 2} strategies + trilinear with and without "
+               "projection)")
     evaluations = _evaluate(work)
     table = results_table(evaluations, seconds)
-    previews = comparison_previews(work, METHODS)
+    previews = comparison_previews(work, [(m.name, m.folder) for m in METHODS], settings.sr_factor)
     clock.done("evaluation")
-    summary = {"settings": {**asdict(settings), "smoke": smoke, "device": str(device), "seed": seed},
+    summary = {"settings": {**asdict(settings), "setting": setting, "smoke": smoke, "device": str(device),
+                            "seed": seed},
                "table": table, "seconds_per_step": clock.steps, "total_seconds": round(time.time() - clock.started, 1),
                "work_folder": str(work), "previews": [str(p) for p in previews]}
     atomic_write_json(summary, work / "demo_summary.json")
@@ -207,7 +243,7 @@ def run_demo(work_folder: str | Path, *, smoke: bool = False, num_processes: int
 
 def format_table(table: list[dict], settings: DemoSettings, smoke: bool) -> str:
     """The results as a markdown table (PSNR/SSIM as the paper's Table 1, plus MAE, MMD² and time)."""
-    lines = [f"4x super-resolution of FLAIR, {settings.num_test_cases} held-out phantom(s), "
+    lines = [f"{settings.sr_factor}x super-resolution of FLAIR, {settings.num_test_cases} held-out phantom(s), "
              f"{settings.steps} DDIM steps{' (smoke run: meaningless numbers)' if smoke else ''}", "",
              "| method | PSNR (dB) | SSIM | MAE | MMD² | s / volume |", "|---|---|---|---|---|---|"]
     for row in table:

@@ -19,17 +19,17 @@ def results_table(evaluations: dict, seconds: dict) -> list[dict]:
     return rows
 
 
-def comparison_previews(work: Path, methods) -> list[Path]:
-    """One PNG per test case: the reference FLAIR, then every method's output, in three planes."""
+def comparison_previews(work: Path, methods, sr_factor: int) -> list[Path]:
+    """One PNG per test case: the reference FLAIR, then every (row name, predictions folder)'s output, 3 planes."""
     written = []
     for reference_file in sorted((work / "test_cases" / "imagesTr").glob("*_0003.nii.gz")):
         case = reference_file.name[: -len("_0003.nii.gz")]
         reference, props = read_image(reference_file)
         rows = [("reference", reference)]
-        for method, configuration in methods:
-            prediction = work / "predictions" / (configuration or "trilinear") / f"{case}.nii.gz"
+        for method, folder in methods:
+            prediction = work / "predictions" / folder / f"{case}.nii.gz"
             if prediction.is_file():
                 rows.append((method, read_image(prediction)[0]))
         written.append(write_preview(work / "previews" / f"{case}.png", rows, props["spacing"],
-                                     title=f"{case}: 4x super-resolution of FLAIR"))
+                                     title=f"{case}: {sr_factor}x super-resolution of FLAIR"))
     return written

@@ -3,8 +3,8 @@
 For a clean y0 (with its condition), a timestep t and noise eps: y_t = sqrt(alpha_bar_t) y0 + sqrt(1 - alpha_bar_t)
 eps (DDPM Eq. 4); the denoiser's eps_hat gives Tweedie's x0_hat = (y_t - sqrt(1 - alpha_bar_t) eps_hat) /
 sqrt(alpha_bar_t). Reported per t: the eps MSE and the x0 error in the target's space (`to_target` maps a y0-space
-volume to the image the task predicts, e.g. 2 y0 + up(A target) for an SR residual). The trivial predictor
-x0_hat = 0 (for a residual: the interpolated input, i.e. the floor) implies eps_hat = y_t / sqrt(1 - alpha_bar_t);
+volume to the image the task predicts, e.g. y0 / s + up(A target) for an SR residual of scale s). The trivial
+predictor x0_hat = 0 (for a residual: the interpolated input, i.e. the floor) implies eps_hat = y_t / sqrt(1 - alpha_bar_t);
 its errors are the reference every curve is read against.
 """
 from __future__ import annotations

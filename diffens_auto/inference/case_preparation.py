@@ -37,12 +37,12 @@ from diffens_auto.dataset.dataset_json import degradation_key
 from diffens_auto.diffusion.padding import even_pads, pad_evenly
 from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import check_same_geometry
-from diffens_auto.operators import avgpool_downsample, highres_grid, operator_for
+from diffens_auto.operators import avgpool_downsample, highres_grid, operator_for, upsample_to_grid
 from diffens_auto.preprocessing.inversion import invert_preprocessing
 from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normalize, params_from_lowres
 from diffens_auto.preprocessing.preprocessor import preprocess_arrays
 from diffens_auto.preprocessing.resampling import resample_data
-from diffens_auto.tasks.conditioning import task_background, task_normalization, task_volumes, upsample_to_grid
+from diffens_auto.tasks.conditioning import task_background, task_normalization, task_volumes
 
 INPUT_GRIDS = ("lr", "hr")
 

@@ -41,7 +41,7 @@ from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import operator_for
-from diffens_auto.tasks.conditioning import target_from_y0, y0_from_target
+from diffens_auto.tasks.conditioning import diffusion_for_task, target_from_y0, y0_from_target
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
 RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_sha256", "checkpoints", "sampler",
@@ -111,7 +111,7 @@ class DiffensPredictor:
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":
         """Use an already loaded model (validation after training loads its own)."""
-        diffusion = dict(model.plans["diffusion"])
+        diffusion = diffusion_for_task(model.plans, model.task)
         if self.sampling.sampler is not None:
             diffusion["sampler"] = self.sampling.sampler
         if self.sampling.eta is not None:

@@ -130,3 +130,21 @@ def avgpool_downsample(volume, factor: int | Sequence[int]):
     out_dtype = volume.dtype if np.issubdtype(volume.dtype, np.floating) else np.float32
     result = operator.A(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))).numpy()
     return result.astype(out_dtype, copy=False)
+
+
+def upsample_to_grid(lowres: torch.Tensor, factor: Sequence[int], hr_shape: Sequence[int]) -> torch.Tensor:
+    """(B, C, x, y, z) -> (B, C, X, Y, Z): trilinear, align_corners=False, low-res voxel i at the centre of block i.
+
+    Interpolating to exactly (x, y, z) * factor puts low-resolution voxel i at high-resolution coordinate
+    f * i + (f - 1) / 2, the centre of the block it averages (`operators.lowres_grid`); the result is then
+    cropped (a partial last block) or edge-padded to `hr_shape`.
+    """
+    factor = [int(f) for f in factor]
+    full = [n * f for n, f in zip(lowres.shape[2:], factor)]
+    up = lowres if factor == [1, 1, 1] else F.interpolate(lowres, size=full, mode="trilinear", align_corners=False)
+    hr_shape = [int(n) for n in hr_shape]
+    up = up[..., :hr_shape[0], :hr_shape[1], :hr_shape[2]]
+    missing = [h - n for h, n in zip(hr_shape, up.shape[2:])]
+    if any(missing):
+        up = F.pad(up, [p for m in reversed(missing) for p in (0, m)], mode="replicate")
+    return up

@@ -31,7 +31,8 @@ def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset
     """Plan spacing, crop, expert and ensembler topologies, batch sizes and training schedule within the budget."""
     p = get_preset(preset)
     names = {int(k): str(v) for k, v in channel_names.items()}
-    task_sections = {name: _task_section(name, task, names, p) for name, task in tasks.items()}
+    residuals = fingerprint.get("residual_statistics_per_channel", {})
+    task_sections = {name: _task_section(name, task, names, p, residuals) for name, task in tasks.items()}
     if not task_sections:
         raise PlanningError("No tasks to plan: give at least one task (dataset.json 'tasks', e.g. a default 'sr').")
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
@@ -102,7 +103,28 @@ def _degradation(task_name: str, degradation) -> dict | None:
     return {"type": str(kind), "factor": [int(f) for f in factor]}
 
 
-def _task_section(name: str, task, channel_names: dict, p: Preset) -> dict:
+def _significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def _residual_scaling(name: str, target: int, degradation: dict, residuals: Mapping) -> dict:
+    """residual_scale (unit RMS of the scaled residual) and clip_x0 (its largest measured magnitude) of an SR task."""
+    key = degradation_key(degradation)
+    stats = residuals.get(str(target), {}).get(key)
+    if stats is None:
+        raise PlanningError(f"Task '{name}': the fingerprint has no residual statistics of channel {target} under "
+                            f"{key} (a fingerprint from an older version, or made by hand). Fix: re-run "
+                            "diffens_plan_and_preprocess (it extracts the fingerprint again).")
+    rms = float(stats["rms"])
+    if not rms > 0:
+        # a target without structure inside the blocks: nothing to rescale
+        return {"residual_scale": 1.0, "clip_x0": 1.0}
+    scale = _significant(1.0 / rms)
+    # the largest residual seen on the training cases, in scaled units: clipping there never cuts a true value
+    return {"residual_scale": scale, "clip_x0": math.ceil(float(stats["abs_max"]) * scale * 10) / 10}
+
+
+def _task_section(name: str, task, channel_names: dict, p: Preset, residuals: Mapping) -> dict:
     """The plans' entry of one task (INTERFACES.md), from a plain dict or a TaskSpec."""
     target, inputs = _field(task, "target"), [int(i) for i in _field(task, "inputs", ()) or ()]
     unknown = [c for c in [target, *inputs] if c not in channel_names]
@@ -111,6 +133,7 @@ def _task_section(name: str, task, channel_names: dict, p: Preset) -> dict:
                             f"{channel_names}; use channel indices of dataset.json.")
     degradation = _degradation(name, _field(task, "degradation"))
     conditions = inputs + ([int(target)] if degradation else [])
+    scaling = _residual_scaling(name, int(target), degradation, residuals) if degradation else {}
     return {
         "target": int(target),
         "target_name": channel_names[int(target)],
@@ -122,6 +145,7 @@ def _task_section(name: str, task, channel_names: dict, p: Preset) -> dict:
         "target_normalization": f"degraded:{degradation_key(degradation)}" if degradation else "dataset",
         "input_normalization": "case",
         "ensembler_lambda": p.ensembler_lambda,
+        **scaling,
     }
 
 

@@ -16,25 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from diffens_auto.dataset.dataset_json import degradation_key
+from diffens_auto.intensity import DEFAULT_PERCENTILES, params_from_lowres, params_from_values
 from diffens_auto.operators import avgpool_downsample
-
-DEFAULT_PERCENTILES = (0.5, 99.5)
-# half_range below this fraction of the intensities' magnitude counts as a constant foreground.
-_RELATIVE_FLAT = 1e-6
-
-
-def params_from_values(values: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
-    """Return {"center", "half_range"} of the `percentiles` of `values`; guarded for constant or empty input."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        return {"center": 0.0, "half_range": 1.0}
-    lo, hi = np.percentile(values, [float(p) for p in percentiles])
-    center, half_range = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    if not half_range > _RELATIVE_FLAT * max(abs(lo), abs(hi)):
-        # A flat foreground: map it to 0 and the (zero) background to -1 (or +1 for negative values); if the
-        # foreground is 0 too, leave the scale alone.
-        half_range = abs(center) if center != 0 else 1.0
-    return {"center": float(center), "half_range": float(half_range)}
 
 
 def normalize(x: np.ndarray, params: Mapping[str, float]) -> np.ndarray:
@@ -55,12 +38,6 @@ def renormalize(x, from_params: Mapping[str, float], to_params: Mapping[str, flo
     scale = float(from_params["half_range"]) / float(to_params["half_range"])
     shift = (float(from_params["center"]) - float(to_params["center"])) / float(to_params["half_range"])
     return x * scale + shift
-
-
-def params_from_lowres(lowres: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
-    """Return the parameters of a low-resolution (degraded) channel from its non-zero voxels alone."""
-    lowres = np.asarray(lowres)
-    return params_from_values(lowres[lowres != 0], percentiles)
 
 
 def degraded_params(channel: np.ndarray, factor: Sequence[int],

@@ -2,7 +2,7 @@
 import argparse
 
 from diffens_auto.demo.dataset import (DEFAULT_NOISE, DEFAULT_NUM_CASES, DEFAULT_SHAPE, DEFAULT_SPACING,
-                                       make_demo_dataset)
+                                       DEFAULT_SR_FACTOR, make_demo_dataset)
 from diffens_auto.run.errors import run_command
 
 
@@ -23,6 +23,9 @@ def make_demo_dataset_entry() -> None:
     parser.add_argument("--noise", type=float, default=DEFAULT_NOISE,
                         help="Rician noise level relative to the signal scale, 0 = noise-free "
                         f"(default: {DEFAULT_NOISE})")
+    parser.add_argument("--sr_factor", type=int, default=DEFAULT_SR_FACTOR,
+                        help="average-pooling factor per axis of the sr and both tasks in dataset.json "
+                        f"(default: {DEFAULT_SR_FACTOR})")
     parser.add_argument("-o", "--output_folder", default=None,
                         help="folder to write the dataset into (default: the raw folder, $diffens_raw)")
     args = parser.parse_args()
@@ -31,7 +34,7 @@ def make_demo_dataset_entry() -> None:
         try:
             folder = make_demo_dataset(args.output_folder, args.dataset_id, num_cases=args.num_cases,
                                        shape=tuple(args.shape), spacing=tuple(args.spacing), seed=args.seed,
-                                       noise=args.noise)
+                                       noise=args.noise, sr_factor=args.sr_factor)
         except ValueError as e:  # the arguments do not make a valid phantom
             parser.error(str(e))
         print(f"Wrote {args.num_cases} demo cases to {folder}")

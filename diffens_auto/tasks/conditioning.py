@@ -4,7 +4,11 @@ A task (plans["tasks"][name]) has a target channel, input channels and optionall
 
     condition = [inputs..., up(A(target))]      channel order = plans condition_channels (inputs, then degraded)
     y0        = target                          "epsilon_target"   (noise predicted on the target)
-              = (target - up(A(target))) / 2    "epsilon_residual" (public code: noise on the SR residual)
+              = s (target - up(A(target)))      "epsilon_residual" (noise predicted on the scaled SR residual)
+
+s is the task's planned `residual_scale` (1 / the residual's RMS on the training cases, so y0 has about unit
+variance and the standard noise schedule has signal over most of its steps); plans without the key mean the
+public code's s = 1/2.
 
 A is the task's degradation operator (`operators.operator_for`, the AvgPoolSR of `degrade_image`); up() brings the
 low-resolution volume back to the target grid with trilinear interpolation whose low-resolution voxel centres sit
@@ -17,12 +21,26 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from diffens_auto.operators import operator_for
+from diffens_auto.operators import operator_for, upsample_to_grid
 from diffens_auto.preprocessing.normalization import renormalize, select_params
 
 PARAMETRIZATIONS = ("epsilon_target", "epsilon_residual")
+LEGACY_RESIDUAL_SCALE = 0.5   # the public code's (target - up(A target)) / 2; plans made before the planned scale
+
+
+def residual_scale(task_plans: Mapping) -> float:
+    """The factor s of y0 = s (target - up(A(target))): the plans' residual_scale, or 1/2 for older plans."""
+    return float(task_plans.get("residual_scale", LEGACY_RESIDUAL_SCALE))
+
+
+def diffusion_for_task(plans: Mapping, task: str) -> dict:
+    """The plans' diffusion settings with the task's own x0 clip bound (an SR residual's range), if it has one."""
+    diffusion = dict(plans["diffusion"])
+    task_plans = plans["tasks"][task]
+    if "clip_x0" in task_plans and diffusion.get("clip_x0", True) is not False:
+        diffusion["clip_x0"] = float(task_plans["clip_x0"])
+    return diffusion
 
 
 def _target_params(properties: Mapping, plans: Mapping, task_plans: Mapping) -> dict:
@@ -79,24 +97,6 @@ def task_volumes(data, properties: Mapping, plans: Mapping, task: str):
     return stacked[:1], stacked[1:]
 
 
-def upsample_to_grid(lowres: torch.Tensor, factor: Sequence[int], hr_shape: Sequence[int]) -> torch.Tensor:
-    """(B, C, x, y, z) -> (B, C, X, Y, Z): trilinear, align_corners=False, low-res voxel i at the centre of block i.
-
-    Interpolating to exactly (x, y, z) * factor puts low-resolution voxel i at high-resolution coordinate
-    f * i + (f - 1) / 2, the centre of the block it averages (`operators.lowres_grid`); the result is then
-    cropped (a partial last block) or edge-padded to `hr_shape`.
-    """
-    factor = [int(f) for f in factor]
-    full = [n * f for n, f in zip(lowres.shape[2:], factor)]
-    up = lowres if factor == [1, 1, 1] else F.interpolate(lowres, size=full, mode="trilinear", align_corners=False)
-    hr_shape = [int(n) for n in hr_shape]
-    up = up[..., :hr_shape[0], :hr_shape[1], :hr_shape[2]]
-    missing = [h - n for h, n in zip(hr_shape, up.shape[2:])]
-    if any(missing):
-        up = F.pad(up, [p for m in reversed(missing) for p in (0, m)], mode="replicate")
-    return up
-
-
 def degraded_condition(target: torch.Tensor, degradation: Mapping) -> torch.Tensor:
     """up(A(target)): the task's degradation of (B, 1, X, Y, Z) brought back to the target grid."""
     operator = operator_for(degradation)
@@ -116,7 +116,7 @@ def make_condition(target: torch.Tensor, inputs: torch.Tensor, task_plans: Mappi
     """(condition (B, n_cond, X, Y, Z), y0 (B, 1, X, Y, Z)) of a task from its target and input volumes.
 
     condition = [inputs..., up(A(target))] (the degraded channel only when the task has a degradation);
-    y0 = target ("epsilon_target") or (target - up(A(target))) / 2 ("epsilon_residual", public code).
+    y0 = target ("epsilon_target") or s (target - up(A(target))) ("epsilon_residual", s = `residual_scale`).
     """
     _check_task(task_plans)
     degradation = task_plans.get("degradation")
@@ -130,21 +130,21 @@ def make_condition(target: torch.Tensor, inputs: torch.Tensor, task_plans: Mappi
         raise ValueError(f"make_condition: {condition.shape[1]} condition channels but the task plans "
                          f"{expected} ({task_plans['condition_channels']}); inputs had {inputs.shape[1]}.")
     if task_plans["parametrization"] == "epsilon_residual":
-        return condition, (target - degraded) / 2
+        return condition, (target - degraded) * residual_scale(task_plans)
     return condition, target.clone()
 
 
 def y0_from_target(target: torch.Tensor, condition: torch.Tensor, task_plans: Mapping) -> torch.Tensor:
-    """make_condition's y0 of a target given its condition: target, or (target - up(A(target))) / 2."""
+    """make_condition's y0 of a target given its condition: target, or s (target - up(A(target)))."""
     _check_task(task_plans)
     if task_plans["parametrization"] == "epsilon_residual":
-        return (target - condition[:, -1:]) / 2
+        return (target - condition[:, -1:]) * residual_scale(task_plans)
     return target
 
 
 def target_from_y0(y0: torch.Tensor, condition: torch.Tensor, task_plans: Mapping) -> torch.Tensor:
-    """Inverse of make_condition's y0: target = y0, or 2 y0 + up(A(target)) (the condition's last channel)."""
+    """Inverse of make_condition's y0: target = y0, or y0 / s + up(A(target)) (the condition's last channel)."""
     _check_task(task_plans)
     if task_plans["parametrization"] == "epsilon_residual":
-        return 2 * y0 + condition[:, -1:]
+        return y0 / residual_scale(task_plans) + condition[:, -1:]
     return y0

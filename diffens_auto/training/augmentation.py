@@ -14,9 +14,12 @@
      mix blocks), with batchgenerators' coordinate-grid helpers, order-3 interpolation, background fill.
 3. The loader then makes the condition from the augmented volume (SR: the degradation of the augmented
    target) and slices or crops it.
-4. **Intensity** (`augment_intensity`), last and on the condition channels only (never on y0, never on the
-   position channels): batchgenerators' Gaussian noise, multiplicative brightness, contrast and gamma, each
-   condition channel on its own (a channel and its 2.5D context slices share one draw).
+4. **Intensity** (`augment_intensity`), last and on the input channels of the condition only (never on y0, never
+   on the position channels, never on the degraded channel up(A target)): batchgenerators' Gaussian noise,
+   multiplicative brightness, contrast and gamma, each input channel on its own (a channel and its 2.5D context
+   slices share one draw). The degraded channel stays as made because prediction relies on
+   target = y0 / s + up(A target) with the measured up(A target), and y0 was made from the clean one; an
+   augmented copy would teach the expert a residual that no longer adds up to the target.
 
 Choices (`AugmentationSettings.for_configuration`): an expert rotates only within its own slice plane (a
 quarter turn or a small angle about its slice axis keeps its slices in plane), so a plane-specific expert stays
@@ -234,11 +237,14 @@ def intensity_transforms(settings: AugmentationSettings) -> Compose:
 
 
 def augment_intensity(condition: np.ndarray, settings: AugmentationSettings, rng: np.random.Generator,
-                      transforms: Compose | None = None) -> np.ndarray:
-    """Intensity augmentation of (C, ...) condition channels (one draw per channel); returns a new float32 array."""
+                      transforms: Compose | None = None, num_channels: int | None = None) -> np.ndarray:
+    """Intensity augmentation of the first `num_channels` (default all) of (C, ...) condition channels, one draw
+    per channel; the others are copied unchanged. Returns a new float32 array."""
     condition = np.array(condition, dtype=np.float32, copy=True)
-    if not settings.enabled:
+    count = condition.shape[0] if num_channels is None else int(num_channels)
+    if not settings.enabled or count == 0:
         return condition
     transforms = transforms or intensity_transforms(settings)
     with global_random_from(rng):
-        return np.asarray(transforms(data=condition[None])["data"][0], dtype=np.float32)
+        condition[:count] = transforms(data=condition[None, :count])["data"][0]
+    return condition

@@ -10,8 +10,9 @@ Each sample (see augmentation.py for the transforms):
     -> expert: `slices_per_case` random slices along the slice axis, with 2.5D context (slicing.context_stack)
        ensembler: a random patch (`patch_size`: the configuration's for pretraining, fine_tune_shape to
        fine-tune) at a block-aligned start, centred for validation
-    -> intensity augmentation of the condition channels; then the expert's position channels (coordinates of the
-       padded crop, slicing.position_channels) when its network plans them.
+    -> intensity augmentation of the condition's input channels (never of the degraded one, see augmentation.py);
+       then the expert's position channels (coordinates of the padded crop, slicing.position_channels) when its
+       network plans them.
 
 Batches (ISSUE4): expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions, a, b)};
 ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z), "positions": (B, 3, X, Y, Z) (the patch's cut
@@ -69,6 +70,8 @@ class _VolumeSampler(SlimDataLoaderBase):
         else:
             self.settings = augmentation or AugmentationSettings.for_configuration(plans, configuration)
         self._transforms = intensity_transforms(self.settings)
+        # the condition is [inputs..., up(A target)]: only the inputs are intensity-augmented
+        self.num_augmented = len(self.task_plans["inputs"])
         self._rng = None
 
     def set_thread_id(self, thread_id: int) -> None:
@@ -141,7 +144,8 @@ class ExpertBatchSampler(_VolumeSampler):
     def _slice_conditions(self, stacked: np.ndarray, n_cond: int, idx: torch.Tensor, rng) -> np.ndarray:
         """Intensity augmentation (a channel and its context slices share one draw), then the position channels."""
         grouped = stacked.reshape(stacked.shape[0], n_cond, -1, *stacked.shape[2:])
-        out = np.stack([augment_intensity(g, self.settings, rng, self._transforms) for g in grouped])
+        out = np.stack([augment_intensity(g, self.settings, rng, self._transforms, self.num_augmented)
+                        for g in grouped])
         out = out.reshape(stacked.shape)
         if self.position_channels:
             coords = position_channels(self.volume_shape, channels=self.position_channels)
@@ -174,7 +178,7 @@ class EnsemblerBatchSampler(_VolumeSampler):
             window = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size))
             y0s.append(y0[(slice(None),) + window].numpy())
             conditions.append(augment_intensity(condition[(slice(None),) + window].numpy(), self.settings, rng,
-                                                self._transforms))
+                                                self._transforms, self.num_augmented))
             positions.append(coords[(slice(None),) + window].numpy())
             case_ids.append(case_id)
         return {"y0": np.stack(y0s), "condition": np.stack(conditions), "positions": np.stack(positions),

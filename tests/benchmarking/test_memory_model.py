@@ -4,6 +4,7 @@ import gc
 
 import pytest
 import torch
+from tiny_plans import any_residual_statistics
 
 from diffens_auto.benchmarking import PeakMemoryTracker, measure_training_step
 from diffens_auto.planning import estimate_training_memory, plan_experiment
@@ -19,7 +20,8 @@ def tiny_plans():
     fingerprint = {"case_identifiers": ["a", "b"], "spacings": [[1.0, 1.0, 1.0]] * 2,
                    "shapes_before_crop": [[32, 32, 24]] * 2, "shapes_after_crop": [[32, 32, 24]] * 2,
                    "channel_names": {"0": "T1", "1": "FLAIR"},
-                   "foreground_intensity_properties_per_channel": {"0": intensity, "1": intensity}}
+                   "foreground_intensity_properties_per_channel": {"0": intensity, "1": intensity},
+                   "residual_statistics_per_channel": any_residual_statistics(2)}
     tasks = {"sr": {"target": 1, "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}}}
     return plan_experiment(fingerprint, tasks, {0: "T1", 1: "FLAIR"}, "Dataset902_Memory", preset="tiny")
 

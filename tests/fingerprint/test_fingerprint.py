@@ -6,6 +6,7 @@ from synthetic_images import write_sitk
 
 from diffens_auto.dataset import find_training_cases, load_dataset_json
 from diffens_auto.fingerprint import extract_fingerprint, load_or_extract_fingerprint
+from diffens_auto.fingerprint.residual import case_residual, pooled_residual_statistics
 
 
 def test_fingerprint_of_hand_made_cases(tmp_path):
@@ -46,3 +47,34 @@ def test_fingerprint_is_reused_unless_cases_change(small_raw_dataset, tmp_path):
     fewer = dict(list(cases.items())[:3])
     assert "marker" not in load_or_extract_fingerprint(spec, fewer, out, num_processes=1)
     assert len(json.loads(out.read_text())["case_identifiers"]) == 3
+
+
+def test_residual_of_a_pattern_inside_the_blocks_against_hand_computed_values():
+    # x-alternating 1 +- 0.5 inside every 2x2x2 block: block means 1 (a flat low-resolution image, so its
+    # half_range falls back to |centre| = 1), up(A x) = 1 everywhere, residual +-0.5 on all 512 voxels
+    x = np.arange(8)
+    volume = np.broadcast_to((1 + 0.5 * (-1.0) ** x)[:, None, None], (8, 8, 8))
+    measured = case_residual(volume, (2, 2, 2), (0.5, 99.5), np.random.default_rng(0))
+    assert measured["count"] == 512 and measured["abs_max"] == 0.5
+    assert np.isclose(measured["sum_squares"], 512 * 0.25)
+    pooled = pooled_residual_statistics([measured, case_residual(np.ones((4, 4, 4)), (2, 2, 2), (0.5, 99.5),
+                                                                 np.random.default_rng(0))])
+    # a constant case adds 64 voxels of residual 0: rms = sqrt(128 / 576)
+    assert np.isclose(pooled["rms"], np.sqrt(128 / 576)) and pooled["abs_max"] == 0.5
+    assert pooled["num_voxels"] == 576
+
+
+def test_sr_tasks_get_residual_statistics_and_a_new_task_re_extracts(small_raw_dataset, tmp_path):
+    spec = load_dataset_json(small_raw_dataset)
+    cases = find_training_cases(spec)
+    out = tmp_path / "fp.json"
+    fp = load_or_extract_fingerprint(spec, cases, out, num_processes=1)
+    wanted = {str(t.target): [f"avgpool_{'x'.join(map(str, t.degradation.factor))}"]
+              for t in spec.tasks.values() if t.degradation is not None}
+    assert {c: sorted(v) for c, v in fp["residual_statistics_per_channel"].items()} == wanted
+    for stats in (s for per_channel in fp["residual_statistics_per_channel"].values() for s in per_channel.values()):
+        assert 0 < stats["rms"] <= stats["abs_percentile_99"] <= stats["abs_percentile_99_9"] <= stats["abs_max"]
+    # a fingerprint without them (an older version's) is extracted again
+    out.write_text(json.dumps({**fp, "residual_statistics_per_channel": {}, "marker": 1}))
+    again = load_or_extract_fingerprint(spec, cases, out, num_processes=1)
+    assert "marker" not in again and again["residual_statistics_per_channel"] == fp["residual_statistics_per_channel"]

@@ -17,6 +17,7 @@ from diffens_auto.inference.case_preparation import prepare_case, resample_like_
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.operators import degrade_image
 from diffens_auto.preprocessing.normalization import normalize
+from diffens_auto.tasks.conditioning import y0_from_target
 
 SR = {"type": "avgpool", "factor": [4, 4, 4]}
 
@@ -66,8 +67,7 @@ def test_an_oracle_denoiser_gives_back_the_reference(trained_demo_folders, task,
 
     region = tuple(slice(lo, hi) for lo, hi in case.properties["bbox"])
     true_target = torch.from_numpy(normalize(reference[region], case.target_params))[None, None]
-    y0 = (true_target - unpad(case.condition[:, -1:], case.pads)) / 2 \
-        if task_plans["parametrization"] == "epsilon_residual" else true_target
+    y0 = y0_from_target(true_target, unpad(case.condition, case.pads), task_plans)
     y0 = F.pad(y0, [p for pair in reversed(case.pads) for p in pair])
     predictor.model.strategy = Oracle(y0, predictor.sampler.schedule)
     output = predictor.sample_case(case)[0]
@@ -106,8 +106,7 @@ def test_per_step_projection_off_the_target_spacing_costs_nothing(trained_demo_f
     true_target = normalize(resample_like_case(reference * case.keep, case.properties,
                                                order=plans["resampling"]["order"]), case.target_params)
     true_target = torch.from_numpy(true_target)[None, None]
-    y0 = (true_target - unpad(case.condition[:, -1:], case.pads)) / 2 \
-        if task_plans["parametrization"] == "epsilon_residual" else true_target
+    y0 = y0_from_target(true_target, unpad(case.condition, case.pads), task_plans)
     predictor.model.strategy = Oracle(F.pad(y0, [p for pair in reversed(case.pads) for p in pair]),
                                       predictor.sampler.schedule)
     with_projection = _psnr(reference, predictor.sample_case(case)[0])

@@ -1,6 +1,7 @@
 """Tiny plans (preset "tiny") whose network dicts the network tests build."""
 import pytest
 import torch
+from tiny_plans import any_residual_statistics
 
 from diffens_auto.planning import plan_experiment
 
@@ -17,7 +18,8 @@ def small_fingerprint(shape=(32, 32, 24), num_cases=3):
             "shapes_before_crop": [list(shape)] * num_cases,
             "shapes_after_crop": [list(shape)] * num_cases,
             "channel_names": {"0": "T1", "1": "FLAIR"},
-            "foreground_intensity_properties_per_channel": {"0": dict(intensity), "1": dict(intensity)}}
+            "foreground_intensity_properties_per_channel": {"0": dict(intensity), "1": dict(intensity)},
+            "residual_statistics_per_channel": any_residual_statistics(2)}
 
 
 @pytest.fixture(scope="session")

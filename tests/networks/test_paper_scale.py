@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny_plans import any_residual_statistics
 
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import count_parameters, network_for_task, plan_experiment
@@ -25,7 +26,8 @@ def brats_fingerprint():
     return {"case_identifiers": [f"case_{i:03d}" for i in range(10)], "spacings": [[1.0, 1.0, 1.0]] * 10,
             "shapes_before_crop": [[240, 240, 155]] * 10, "shapes_after_crop": shapes,
             "channel_names": {str(i): f"c{i}" for i in range(4)},
-            "foreground_intensity_properties_per_channel": {str(i): dict(intensity) for i in range(4)}}
+            "foreground_intensity_properties_per_channel": {str(i): dict(intensity) for i in range(4)},
+            "residual_statistics_per_channel": any_residual_statistics(4)}
 
 
 @pytest.fixture(scope="module")

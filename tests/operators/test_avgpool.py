@@ -1,9 +1,9 @@
-"""AvgPoolSR: exact consistency projection, adjointness, Moore-Penrose inverse, partial blocks, numpy helper."""
+"""AvgPoolSR: exact consistency projection, adjointness, Moore-Penrose inverse, partial blocks, numpy helper, up()."""
 import numpy as np
 import pytest
 import torch
 
-from diffens_auto.operators import AvgPoolSR, avgpool_downsample, degrade_image
+from diffens_auto.operators import AvgPoolSR, avgpool_downsample, degrade_image, upsample_to_grid
 
 FACTORS = [(4, 4, 4), (2, 2, 4), (1, 1, 4)]
 SHAPES = [(16, 16, 16), (17, 18, 13)]
@@ -105,3 +105,18 @@ def test_avgpool_downsample_and_degrade_image_share_the_dtype_convention(dtype):
     for out in outputs:
         assert out.dtype == expected_dtype
         np.testing.assert_allclose(out, means.numpy(), rtol=1e-6)
+
+
+def test_upsample_to_grid_puts_lowres_voxels_at_block_centres():
+    factor = (4, 2, 1)
+    x = torch.arange(16, dtype=torch.float64)
+    ramp = (x.view(-1, 1, 1) + 0.5 * x[:8].view(1, -1, 1) + 0 * x[:6].view(1, 1, -1)).expand(16, 8, 6)[None, None]
+    lowres = AvgPoolSR(factor).A(ramp)
+    up = upsample_to_grid(lowres, factor, ramp.shape[2:])
+    assert up.shape == ramp.shape
+    # a linear function is reproduced exactly between the first and last block centres
+    torch.testing.assert_close(up[..., 2:14, 1:7, :], ramp[..., 2:14, 1:7, :])
+    # a partial last block is cropped away, a missing one padded from the edge
+    assert upsample_to_grid(lowres, factor, (14, 8, 6)).shape[2:] == (14, 8, 6)
+    padded = upsample_to_grid(lowres, factor, (17, 8, 6))
+    torch.testing.assert_close(padded[..., 16, :, :], padded[..., 15, :, :])

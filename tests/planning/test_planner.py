@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tiny_plans import any_residual_statistics
 
 from diffens_auto.planning import (PlanningError, UnknownPresetError, estimate_inference_memory,
                                    estimate_training_memory, network_for_task, plan_experiment, plans_problems,
@@ -29,7 +30,8 @@ def fingerprint(shapes, spacings, num_channels):
             "shapes_before_crop": [[240, 240, 155]] * n,
             "shapes_after_crop": [list(map(int, s)) for s in shapes],
             "channel_names": {str(i): f"c{i}" for i in range(num_channels)},
-            "foreground_intensity_properties_per_channel": {str(i): dict(intensity) for i in range(num_channels)}}
+            "foreground_intensity_properties_per_channel": {str(i): dict(intensity) for i in range(num_channels)},
+            "residual_statistics_per_channel": any_residual_statistics(num_channels)}
 
 
 def brats_fingerprint(num_channels=4, seed=0):
@@ -124,7 +126,7 @@ def test_per_task_channels_and_task_section(brats_40):
         "target": 3, "target_name": "FLAIR", "inputs": [1], "input_names": ["T1ce"],
         "degradation": {"type": "avgpool", "factor": [4, 4, 4]}, "condition_channels": [1, 3],
         "parametrization": "epsilon_residual", "target_normalization": "degraded:avgpool_4x4x4", "input_normalization": "case",
-        "ensembler_lambda": 1.0}
+        "ensembler_lambda": 1.0, "residual_scale": 4.0, "clip_x0": 6.0}   # 1 / rms 0.25; abs_max 1.5 x 4
     mt = brats_40["tasks"]["mt"]
     assert (mt["parametrization"], mt["target_normalization"], mt["condition_channels"]) == \
         ("epsilon_target", "dataset", [1])
@@ -237,3 +239,20 @@ def test_context_slices_and_position_channels_widen_the_expert_input(monkeypatch
     assert expert["network"]["in_channels"] == 14
     assert expert["network"]["context_slices"] == 2 and expert["network"]["position_channels"] == 3
     assert plans["configurations"]["3d_ensembler"]["in_channels_per_task"]["both"] == 5
+
+
+def test_residual_scale_and_clip_come_from_the_measured_residual():
+    tasks = {"sr": BRATS_TASKS["sr"], "mt": BRATS_TASKS["mt"]}
+    fp = brats_fingerprint()
+    fp["residual_statistics_per_channel"] = any_residual_statistics(4, rms=0.2366, abs_max=1.4519)
+    plans = plan_experiment(fp, tasks, BRATS_CHANNELS, "Dataset500_BraTS", 40.0)
+    assert plans["tasks"]["sr"]["residual_scale"] == 4.227   # 1 / 0.2366 = 4.2265, 4 significant digits
+    assert plans["tasks"]["sr"]["clip_x0"] == pytest.approx(6.2)            # ceil(1.4519 x 4.227 = 6.137, to 0.1)
+    assert "residual_scale" not in plans["tasks"]["mt"] and "clip_x0" not in plans["tasks"]["mt"]
+
+
+def test_an_sr_task_without_measured_residual_is_refused_with_the_fix():
+    fp = brats_fingerprint()
+    del fp["residual_statistics_per_channel"]
+    with pytest.raises(PlanningError, match="no residual statistics of channel 3 under avgpool_4x4x4.*re-run"):
+        plan_experiment(fp, {"sr": BRATS_TASKS["sr"]}, BRATS_CHANNELS, "Dataset500_BraTS", 40.0)

@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffens_auto.operators import AvgPoolSR, degrade_image, operator_for
+from diffens_auto.operators import AvgPoolSR, degrade_image, operator_for, upsample_to_grid
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import (make_condition, target_from_y0, task_background, task_volumes,
-                                             upsample_to_grid)
+from diffens_auto.tasks.conditioning import make_condition, target_from_y0, task_background, task_volumes
 
 
 def _raw(x, params):
@@ -53,21 +52,6 @@ def test_task_volumes_take_torch_tensors(demo_data):
     torch.testing.assert_close(inputs_t, torch.from_numpy(inputs_np))
 
 
-def test_upsample_to_grid_puts_lowres_voxels_at_block_centres():
-    factor = (4, 2, 1)
-    x = torch.arange(16, dtype=torch.float64)
-    ramp = (x.view(-1, 1, 1) + 0.5 * x[:8].view(1, -1, 1) + 0 * x[:6].view(1, 1, -1)).expand(16, 8, 6)[None, None]
-    lowres = AvgPoolSR(factor).A(ramp)
-    up = upsample_to_grid(lowres, factor, ramp.shape[2:])
-    assert up.shape == ramp.shape
-    # a linear function is reproduced exactly between the first and last block centres
-    torch.testing.assert_close(up[..., 2:14, 1:7, :], ramp[..., 2:14, 1:7, :])
-    # a partial last block is cropped away, a missing one padded from the edge
-    assert upsample_to_grid(lowres, factor, (14, 8, 6)).shape[2:] == (14, 8, 6)
-    padded = upsample_to_grid(lowres, factor, (17, 8, 6))
-    torch.testing.assert_close(padded[..., 16, :, :], padded[..., 15, :, :])
-
-
 def _volumes(n_inputs, shape=(8, 12, 8), seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn((2, 1) + shape, generator=g), torch.randn((2, n_inputs) + shape, generator=g)
@@ -81,7 +65,13 @@ def test_sr_condition_is_the_upsampled_degraded_target(plans):
     expected = upsample_to_grid(operator.A(target), operator.factor, target.shape[2:])
     assert condition.shape == target.shape
     torch.testing.assert_close(condition, expected, rtol=0, atol=0)
-    torch.testing.assert_close(y0, (target - expected) / 2)   # epsilon_residual (public code)
+    torch.testing.assert_close(y0, (target - expected) * task_plans["residual_scale"])   # epsilon_residual
+    torch.testing.assert_close(target_from_y0(y0, condition, task_plans), target)
+    # plans made before the planned scale keep the public code's (target - up(A target)) / 2
+    legacy = {k: v for k, v in task_plans.items() if k != "residual_scale"}
+    _, y0_legacy = make_condition(target, inputs, legacy)
+    torch.testing.assert_close(y0_legacy, (target - expected) / 2)
+    torch.testing.assert_close(target_from_y0(y0_legacy, condition, legacy), target)
     # the same block means as degrade_image, which makes the low-resolution inputs at prediction time
     props = {"shape": list(target.shape[2:]), "spacing": [1.0] * 3, "origin": [0.0] * 3,
              "direction": np.eye(3).tolist()}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffens_auto.operators import AvgPoolSR
+from diffens_auto.operators import AvgPoolSR, upsample_to_grid
+from diffens_auto.planning import network_for_task
 from diffens_auto.preprocessing.normalization import renormalize
 from diffens_auto.preprocessing.storage import load_properties
-from diffens_auto.tasks.conditioning import upsample_to_grid
 from diffens_auto.training.augmentation import (AugmentationSettings, BlockAlignedTransform, allowed_rot90_planes,
                                                 augment_intensity, augment_spatial, draw_block_aligned,
                                                 draw_block_offset, draw_placement, place_in_crop)
@@ -160,4 +160,13 @@ def test_loader_intensity_augmentation_leaves_y0_untouched(demo_data, plans, con
     batches = [next(loader_class(demo_data.data_folder, demo_data.train, plans, "both", configuration, seed=3,
                                  num_workers=0, augmentation=s)) for s in (strong, none)]
     torch.testing.assert_close(batches[0]["y0"], batches[1]["y0"], rtol=0, atol=0)
-    assert not torch.allclose(batches[0]["condition"], batches[1]["condition"])
+    # the condition is [T1ce (input), up(A FLAIR) (degraded)] (x 2.5D context slices): the input is augmented,
+    # the degraded channel is not, so target = y0 / s + up(A target) still holds for every sample
+    context = 2 * network_for_task(plans, configuration, "both").get("context_slices", 0) + 1
+    if configuration == "3d_ensembler":
+        context = 1
+    inputs = slice(0, context)
+    degraded = slice(context, 2 * context)
+    assert not torch.allclose(batches[0]["condition"][:, inputs], batches[1]["condition"][:, inputs])
+    torch.testing.assert_close(batches[0]["condition"][:, degraded], batches[1]["condition"][:, degraded],
+                               rtol=0, atol=0)
