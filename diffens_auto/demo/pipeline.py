@@ -167,18 +167,20 @@ def _previous_seconds(work: Path) -> dict:
     return {row["method"]: row["seconds_per_volume"] for row in json.loads(path.read_text())["table"]}
 
 
-def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, device, seed: int) -> dict:
-    """Every method's predictions of the test inputs; returns {method: mean seconds per volume}."""
-    seconds, previous = {}, _previous_seconds(work)
+def predict_methods(inputs: Path, predictions: Path, degradation: dict, *, steps: int, device, seed: int,
+                    previous: dict | None = None, previews: bool = True) -> dict:
+    """Every method's predictions of the low-resolution FLAIR files in `inputs` into predictions/<method.folder>;
+    returns {method name: mean seconds per volume} (from `previous` for a method that had nothing left to do)."""
+    seconds, previous = {}, previous or {}
     for method in METHODS:
-        output = work / "predictions" / method.folder
+        output = predictions / method.folder
         if method.configuration is None:
             started = time.time()
             files = {p.name[: -len("_0003.nii.gz")]: p for p in sorted(inputs.glob("*_0003.nii.gz"))}
-            trilinear_folder(files, output, plans["tasks"][TASK]["degradation"], project=method.project)
+            trilinear_folder(files, output, degradation, project=method.project)
             seconds[method.name] = (time.time() - started) / max(len(files), 1)
             continue
-        predictor = DiffensPredictor(steps=settings.steps, seed=seed, device=device, progress=False, previews=True)
+        predictor = DiffensPredictor(steps=steps, seed=seed, device=device, progress=False, previews=previews)
         predictor.initialize_from_trained_model(DEMO_DATASET_ID, TASK, method.configuration, fold="all",
                                                 experts=list(method.experts) if method.experts else None)
         summary = predictor.predict_from_files(inputs, output, continue_prediction=True)
@@ -191,13 +193,12 @@ def _predict(work: Path, inputs: Path, settings: DemoSettings, plans: dict, *, d
     return seconds
 
 
-def _evaluate(work: Path) -> dict:
-    results = {}
-    for method in METHODS:
-        results[method.name] = evaluate_folders(work / "test_cases" / "imagesTr", work / "predictions" / method.folder,
-                                                output_file=work / "evaluation" / f"{method.folder}.json",
-                                                ref_channel=3, num_processes=1, mmd=True, verbose=False)
-    return results
+def evaluate_methods(references: Path, predictions: Path, evaluations: Path, *, mmd: bool = True) -> dict:
+    """evaluate_folders of every method's predictions/<folder> against the reference FLAIR (channel 3) files."""
+    return {method.name: evaluate_folders(references, predictions / method.folder,
+                                          output_file=evaluations / f"{method.folder}.json", ref_channel=3,
+                                          num_processes=1, mmd=mmd, verbose=False)
+            for method in METHODS}
 
 
 def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "full", num_processes: int = 2,
@@ -225,10 +226,11 @@ def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "fu
     inputs = work / "test_inputs"
     degrade_folder(work / "test_cases" / "imagesTr", inputs, DEMO_DATASET_ID, TASK, verbose=False)
     clock.done(f"degraded test inputs (FLAIR pooled {settings.sr_factor}x per axis)")
-    seconds = _predict(work, inputs, settings, plans, device=device, seed=seed)
+    seconds = predict_methods(inputs, work / "predictions", plans["tasks"][TASK]["degradation"], steps=settings.steps,
+                              device=device, seed=seed, previous=_previous_seconds(work))
     clock.done(f"prediction ({settings.steps} steps, {len(METHODS) - 2} strategies + trilinear with and without "
                "projection)")
-    evaluations = _evaluate(work)
+    evaluations = evaluate_methods(work / "test_cases" / "imagesTr", work / "predictions", work / "evaluation")
     table = results_table(evaluations, seconds)
     previews = comparison_previews(work, [(m.name, m.folder) for m in METHODS], settings.sr_factor)
     clock.done("evaluation")

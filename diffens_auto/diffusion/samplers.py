@@ -113,14 +113,27 @@ def respaced_timesteps(num_train_steps: int, num_steps: int, spacing: str) -> to
 class RespacedSampler:
     """Timesteps, the previous-timestep map, x0 prediction and noise handling of both samplers."""
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int, timestep_spacing: str, clip_x0: float | None):
+    def __init__(self, schedule: NoiseSchedule, num_steps: int, timestep_spacing: str, clip_x0: float | None,
+                 start_timestep: int | None = None):
+        """`start_timestep` t' < T truncates the chain: the num_steps are spaced over [0, t'] as if the schedule
+        had t' + 1 steps, and sampling starts from y0 = 0 noised to t' (`initial_noise_scale`)."""
         self.schedule = schedule
         self.num_steps = int(num_steps)
         self.timestep_spacing = timestep_spacing
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0 must be None or a positive bound, got {clip_x0!r}")
         self.clip_x0 = None if clip_x0 is None else float(clip_x0)
-        self.timesteps = respaced_timesteps(schedule.num_train_steps, num_steps, timestep_spacing)
+        T = schedule.num_train_steps
+        if start_timestep is not None and not (isinstance(start_timestep, int) and 0 <= start_timestep < T):
+            raise ValueError(f"start_timestep must be an integer in 0..{T - 1} (or None: from pure noise), got "
+                             f"{start_timestep!r}")
+        self.start_timestep = start_timestep
+        span = T if start_timestep is None else start_timestep + 1
+        self.timesteps = respaced_timesteps(span, num_steps, timestep_spacing)
+        # y_t' = sqrt(alpha_bar_t') * 0 + sqrt(1 - alpha_bar_t') * eps: the start of a truncated chain whose y0
+        # is 0 (an SR residual: the interpolated input); 1 for the full chain, which starts from pure noise
+        first = int(self.timesteps[0])
+        self.initial_noise_scale = 1.0 if start_timestep is None else math.sqrt(1.0 - float(schedule.alpha_bar[first]))
         visited = self.timesteps.tolist()
         self._index = {t: i for i, t in enumerate(visited)}
         self._previous = {t: (visited[i + 1] if i + 1 < len(visited) else -1) for i, t in enumerate(visited)}
@@ -208,9 +221,9 @@ class DDIMSampler(RespacedSampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0, timestep_spacing: str = "leading",
-                 clip_x0: float | None = None, *, recompute_eps: bool = False):
+                 clip_x0: float | None = None, *, recompute_eps: bool = False, start_timestep: int | None = None):
         """DDIM over num_steps of the schedule's steps; eta in [0, 1] scales the injected noise (Eq. 16)."""
-        super().__init__(schedule, num_steps, timestep_spacing, clip_x0)
+        super().__init__(schedule, num_steps, timestep_spacing, clip_x0, start_timestep)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = float(eta)
@@ -269,9 +282,9 @@ class DDPMSampler(RespacedSampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, timestep_spacing: str = "guided",
-                 clip_x0: float | None = None, variance: str = "fixed_small"):
+                 clip_x0: float | None = None, variance: str = "fixed_small", *, start_timestep: int | None = None):
         """Respaced ancestral DDPM over num_steps kept steps, with the posterior ("fixed_small") or beta variance."""
-        super().__init__(schedule, num_steps, timestep_spacing, clip_x0)
+        super().__init__(schedule, num_steps, timestep_spacing, clip_x0, start_timestep)
         if variance not in DDPM_VARIANCES:
             raise ValueError(f"Unknown DDPM variance {variance!r}; known: {', '.join(DDPM_VARIANCES)}")
         self.variance = variance
@@ -331,19 +344,21 @@ def sampler_from_plans(diffusion: dict, schedule: NoiseSchedule | None = None,
 
     DDIM reads "eta", "timestep_spacing" (default "leading") and "recompute_eps"; DDPM reads
     "ddpm_timestep_spacing" (default "guided", guided-diffusion's respacing) and "ddpm_variance"; both read
-    "num_inference_steps" and "clip_x0".
+    "num_inference_steps", "clip_x0" and "start_timestep" (null: from pure noise at T).
     """
     schedule = schedule if schedule is not None else NoiseSchedule.from_plans(diffusion)
     kind = diffusion.get("sampler", "ddim")
     steps = int(num_steps if num_steps is not None else diffusion.get("num_inference_steps", 50))
     clip = clip_value(diffusion.get("clip_x0"))
+    start = diffusion.get("start_timestep")
+    start = None if start is None else int(start)
     if kind == "ddim":
         return DDIMSampler(schedule, steps, eta=float(diffusion.get("eta", 0.0)),
                            timestep_spacing=diffusion.get("timestep_spacing", "leading"), clip_x0=clip,
-                           recompute_eps=bool(diffusion.get("recompute_eps", False)))
+                           recompute_eps=bool(diffusion.get("recompute_eps", False)), start_timestep=start)
     if kind == "ddpm":
         # not "timestep_spacing": that is DDIM's (diffusers' "leading" by default) and would silently drop the
         # guided-diffusion respacing of the authors' DDPM sampler
         return DDPMSampler(schedule, steps, timestep_spacing=diffusion.get("ddpm_timestep_spacing", "guided"),
-                           clip_x0=clip, variance=diffusion.get("ddpm_variance", "fixed_small"))
+                           clip_x0=clip, variance=diffusion.get("ddpm_variance", "fixed_small"), start_timestep=start)
     raise ValueError(f"Unknown sampler {kind!r}; known: {', '.join(SAMPLERS)}")

@@ -24,6 +24,9 @@ def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | 
            dtype: torch.dtype = torch.float32) -> Tensor:
     """Run the sampler from noise (or `start`) to y_0, calling denoiser(y_t, condition, t) -> eps at each timestep.
 
+    A truncated sampler (start_timestep t' < T) starts from sqrt(1 - alpha_bar_t') times the noise: y0 = 0 noised
+    to t', which for an SR residual is the interpolated input.
+
     Each step: eps = denoiser(y_t, condition, t); x0_hat = Tweedie's estimate, clipped if the sampler clips;
     x0_hat = x0_hook(x0_hat, t) when given (consistency projection, data consistency); then the sampler's
     update from that x0_hat. Returns the last y, which equals the last step's (hooked) x0_hat.
@@ -49,6 +52,9 @@ def sample(denoiser: Denoiser, sampler: RespacedSampler, shape: Sequence[int] | 
         if device is None:
             device = condition.device if isinstance(condition, Tensor) else "cpu"
         y = gaussian_noise(shape, generator, device, dtype)
+        scale = getattr(sampler, "initial_noise_scale", 1.0)
+        if scale != 1.0:        # a truncated chain starts from y0 = 0 noised to its first timestep
+            y = y * scale
     if hasattr(denoiser, "reset"):  # strategies that keep state between steps (TPDM's turn) start afresh
         denoiser.reset()
     steps = sampler.timesteps.tolist()

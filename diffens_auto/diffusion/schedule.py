@@ -103,6 +103,14 @@ class NoiseSchedule:
         # DDPM Eq. 4 solved for eps
         return (y_t - self._at(self._sqrt_alpha_bar, t, y_t) * x0) / self._at(self._sqrt_one_minus_alpha_bar, t, y_t)
 
+    def v_from_noise(self, y0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
+        """The velocity v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) y0 (Salimans & Ho 2022, Sec. 4)."""
+        return self._at(self._sqrt_alpha_bar, t, y0) * noise - self._at(self._sqrt_one_minus_alpha_bar, t, y0) * y0
+
+    def eps_from_v(self, y_t: Tensor, v: Tensor, t: int | Tensor) -> Tensor:
+        """The noise of a velocity estimate: eps = sqrt(1 - alpha_bar_t) y_t + sqrt(alpha_bar_t) v."""
+        return self._at(self._sqrt_one_minus_alpha_bar, t, y_t) * y_t + self._at(self._sqrt_alpha_bar, t, y_t) * v
+
     def __repr__(self) -> str:
         return (f"NoiseSchedule(T={self.num_train_steps}, "
                 f"beta {float(self.betas[0]):.3g}..{float(self.betas[-1]):.3g}, "

@@ -30,6 +30,7 @@ from diffens_auto.atomic import atomic_write_json
 from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.padding import unpad
+from diffens_auto.diffusion.prediction import as_eps_denoiser
 from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
 from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
@@ -170,8 +171,9 @@ class DiffensPredictor:
         condition = case.condition.to(self.device)
         hook = self._x0_hook(case)
         outputs = []
+        denoiser = as_eps_denoiser(model.strategy, self.sampler.schedule, task_plans.get("prediction", "epsilon"))
         for i in range(self.sampling.num_samples):
-            y0 = sample(model.strategy, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
+            y0 = sample(denoiser, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
                         x0_hook=hook, progress=self.progress, device=self.device)
             target = unpad(target_from_y0(y0, condition, task_plans), case.pads)[0, 0]
             outputs.append(finish_case(target.float().cpu().numpy(), case, task_plans, self.consistency))

@@ -142,6 +142,9 @@ def _task_section(name: str, task, channel_names: dict, p: Preset, residuals: Ma
         "degradation": degradation,
         "condition_channels": conditions,
         "parametrization": "epsilon_residual" if degradation else "epsilon_target",
+        # v for SR: with eps the x0 estimate of a briefly trained expert at large t was far worse than x0 = 0
+        # (documentation/benchmarks.md); MT keeps eps until measured
+        "prediction": "v" if degradation else "epsilon",
         "target_normalization": f"degraded:{degradation_key(degradation)}" if degradation else "dataset",
         "input_normalization": "case",
         "ensembler_lambda": p.ensembler_lambda,

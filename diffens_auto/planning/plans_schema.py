@@ -1,4 +1,5 @@
 """What a plans file must contain, and a check later stages run before they trust one."""
+from diffens_auto.diffusion.prediction import PREDICTIONS
 from diffens_auto.errors import DiffensError
 from diffens_auto.networks.unet import INFORMATIONAL_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
 
@@ -28,6 +29,8 @@ def plans_problems(plans: dict) -> list[str]:
     problems = [f"missing top-level key '{key}'" for key in REQUIRED_TOP_LEVEL if key not in plans]
     for name, task in plans.get("tasks", {}).items():
         problems += [f"task '{name}' lacks '{key}'" for key in REQUIRED_TASK if key not in task]
+        if task.get("prediction", "epsilon") not in PREDICTIONS:
+            problems.append(f"task '{name}' has prediction {task['prediction']!r}; known: {list(PREDICTIONS)}")
     configurations = plans.get("configurations", {})
     for name, config in configurations.items():
         problems += [f"configuration '{name}' lacks '{key}'" for key in REQUIRED_CONFIGURATION if key not in config]

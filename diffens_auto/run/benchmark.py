@@ -1,28 +1,42 @@
-"""diffens_benchmark: speed and memory figures of the pipeline's parts (`core`: one denoising step per strategy;
-`training`: training iterations per second with the real loader against pre-loaded tensors)."""
+"""diffens_benchmark: figures of the pipeline (`core`: one denoising step per strategy; `training`: training
+iterations per second with the real loader against pre-loaded tensors; `quality`: the SR methods' learning curves
+on held-out phantoms)."""
 import argparse
 import json
 
 from diffens_auto.atomic import atomic_write_json
+from diffens_auto.run.errors import run_command
 
 
 def benchmark_entry() -> None:
-    """diffens_benchmark core [--volume N] [--repeats R] [-o results.json]; ... training [--iterations N]."""
+    """diffens_benchmark core [--volume N] [--repeats R] [-o results.json]; training [--iterations N]; quality."""
     parser = argparse.ArgumentParser(description="Benchmarks of diffens_auto; figures are printed (and saved with -o).")
-    parser.add_argument("what", choices=["core", "training"],
+    parser.add_argument("what", choices=["core", "training", "quality"],
                         help="core: one denoising step per ensembling strategy; training: iterations per second with "
-                             "the real loader and augmentation vs pre-loaded tensors (expert and ensembler)")
+                             "the real loader and augmentation vs pre-loaded tensors (expert and ensembler); "
+                             "quality: PSNR/SSIM of every SR method on held-out phantoms against training minutes")
     parser.add_argument("--volume", type=int, default=64, help="edge of the cubic test volume (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure, median reported (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--iterations", type=int, default=10,
                         help="training: timed iterations per figure, after one warm-up (default 10)")
+    parser.add_argument("--minutes", type=float, default=15.0,
+                        help="quality: total training minutes, split over the learning curve's points (default 15)")
+    parser.add_argument("--work", default="diffens_benchmark_quality",
+                        help="quality: work folder (data, models, predictions, quality_table.md, quality_curve.png; "
+                             "a re-run resumes). Default ./diffens_benchmark_quality")
+    parser.add_argument("--test_cases", type=int, default=None, help="quality: held-out phantoms (default 8)")
+    parser.add_argument("--smoke", action="store_true", help="quality: tiny phantoms and 3 steps (CI)")
+    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="quality: default cpu")
     parser.add_argument("-o", default=None, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     import torch
 
     if args.what == "training":
         _training(args)
+        return
+    if args.what == "quality":
+        run_command(lambda: _quality(args))
         return
 
     from diffens_auto.benchmarking.core import benchmark_core, format_core_report
@@ -49,6 +63,22 @@ def _training(args) -> None:
         raise SystemExit("diffens_benchmark training: --iterations must be 1 or more.")
     results = benchmark_training(args.iterations)
     print(format_training_report(results))
+    if args.o:
+        atomic_write_json(results, args.o)
+        print(f"Figures written to {args.o}")
+
+
+def _quality(args) -> None:
+    """diffens_benchmark quality: train, predict and evaluate on demo phantoms in the work folder."""
+    import torch
+
+    from diffens_auto.benchmarking.quality import benchmark_quality, format_quality_table
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = benchmark_quality(args.work, args.minutes, smoke=args.smoke, device=args.device,
+                                num_test_cases=args.test_cases)
+    print(format_quality_table(results))
+    print(f"Table, plot and figures: {args.work}/quality_table.md, quality_curve.png, quality.json")
     if args.o:
         atomic_write_json(results, args.o)
         print(f"Figures written to {args.o}")

@@ -35,11 +35,17 @@ def residual_scale(task_plans: Mapping) -> float:
 
 
 def diffusion_for_task(plans: Mapping, task: str) -> dict:
-    """The plans' diffusion settings with the task's own x0 clip bound (an SR residual's range), if it has one."""
+    """The plans' diffusion settings with the task's own x0 clip bound and truncated start, where it has them."""
     diffusion = dict(plans["diffusion"])
     task_plans = plans["tasks"][task]
     if "clip_x0" in task_plans and diffusion.get("clip_x0", True) is not False:
         diffusion["clip_x0"] = float(task_plans["clip_x0"])
+    if task_plans.get("start_timestep") is not None:
+        if task_plans["parametrization"] != "epsilon_residual":
+            raise ValueError(f"Task '{task}': start_timestep starts sampling from y0 = 0, the interpolated input of "
+                             "an SR residual; a task with parametrization "
+                             f"{task_plans['parametrization']!r} has no such start. Fix: remove the key.")
+        diffusion["start_timestep"] = int(task_plans["start_timestep"])
     return diffusion
 
 

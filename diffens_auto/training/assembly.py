@@ -76,13 +76,15 @@ def _ensembler_parts(run: RunSpec, device):
     locations = check_experts_trained(specs, run.location)
     frozen = load_frozen_experts(specs, locations, run.plans, configuration=run.configuration, task=run.task,
                                  device=device)
-    parametrization = run.plans["tasks"][run.task]["parametrization"]
+    task_plans = run.plans["tasks"][run.task]
+    parametrization, prediction = task_plans["parametrization"], task_plans.get("prediction", "epsilon")
     for expert in frozen:
-        if expert.record["parametrization"] != parametrization:
-            record = expert.record
-            raise ExpertMismatchError(f"Expert {record['name']} predicts eps of '{record['parametrization']}' but "
-                                      f"task '{run.task}' uses '{parametrization}'. Fix: retrain the expert with the "
-                                      "current plans.")
+        record = expert.record
+        expert_prediction = record.get("prediction", "epsilon")
+        if record["parametrization"] != parametrization or expert_prediction != prediction:
+            raise ExpertMismatchError(f"Expert {record['name']} predicts {expert_prediction} of "
+                                      f"'{record['parametrization']}' but task '{run.task}' uses {prediction} of "
+                                      f"'{parametrization}'. Fix: retrain the expert with the current plans.")
     network = ensembler_network(run.plans, run.configuration, run.task, specs)
     model = Ensembler(network, [s.name for s in specs], [e.record["parametrization"] for e in frozen],
                       run.plans["tasks"][run.task].get("ensembler_lambda", 1.0))
@@ -124,4 +126,5 @@ def build_trainer(run: RunSpec, options: TrainingOptions = TrainingOptions(), *,
                    lr=float(training["lr"]), ema_decay=float(training["ema_decay"]),
                    optimizer=str(training.get("optimizer", "adam")),
                    weight_decay=float(training.get("weight_decay", 0.0)), metadata=metadata, device=device,
-                   seed=options.seed, rank=rank, world_size=world_size, echo=options.echo, on_resume=on_resume)
+                   seed=options.seed, rank=rank, world_size=world_size, echo=options.echo, on_resume=on_resume,
+                   prediction=run.plans["tasks"][run.task].get("prediction", "epsilon"))

@@ -86,9 +86,11 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
     if expert_task == ensembler_task:
         return None
     problems = []
-    for key in ("target", "parametrization", "target_normalization"):
-        if exp[key] != ens[key]:
-            problems.append(f"{key} {exp[key]!r} (task '{expert_task}') vs {ens[key]!r} (task '{ensembler_task}')")
+    defaults = {"prediction": "epsilon", "residual_scale": None}
+    for key in ("target", "parametrization", "target_normalization", "prediction", "residual_scale"):
+        mine, theirs = exp.get(key, defaults.get(key)), ens.get(key, defaults.get(key))
+        if mine != theirs:
+            problems.append(f"{key} {mine!r} (task '{expert_task}') vs {theirs!r} (task '{ensembler_task}')")
     if exp["degradation"] and exp["degradation"] != ens["degradation"]:
         problems.append(f"degradation {exp['degradation']} (task '{expert_task}') vs {ens['degradation']} "
                         f"(task '{ensembler_task}'): the degraded-target condition would mean something else")
@@ -149,6 +151,7 @@ def load_frozen_experts(specs, locations: list[ModelLocation], plans: dict, *, c
                   "checkpoint": location.relative(path),
                   "sha256": sha256, "slice_axis": int(checkpoint["slice_axis"]),
                   "network": checkpoint["network"], "parametrization": checkpoint["parametrization"],
+                  "prediction": checkpoint.get("task_plans", {}).get("prediction", "epsilon"),
                   "condition_indices": indices, "epoch": int(checkpoint["epoch"])}
         loaded.append(FrozenExpert(runner, record))
     return loaded

@@ -1,8 +1,10 @@
 """The training loop of the 2D experts and the 3D ensembler: one loop, two objectives (documentation/training.md).
 
-Both are trained with the epsilon-prediction loss of DDPM (Ho et al. 2020, Eq. 14):
-    L = || eps - eps_hat(y_t, condition, t) ||^2,   y_t = sqrt(alpha_bar_t) y0 + sqrt(1 - alpha_bar_t) eps,
-with t uniform in [0, T) and eps ~ N(0, I). An expert predicts eps from cat([y_t, condition]) on slices; the
+Both are trained with the "simple" loss of DDPM (Ho et al. 2020, Eq. 14) on what the task's networks predict
+(plans `prediction`, diffusion/prediction.py):
+    L = || target - f(y_t, condition, t) ||^2,   y_t = sqrt(alpha_bar_t) y0 + sqrt(1 - alpha_bar_t) eps,
+target = eps ("epsilon") or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) y0 ("v"), with t uniform in [0, T)
+and eps ~ N(0, I). An expert predicts eps from cat([y_t, condition]) on slices; the
 ensembler fuses the frozen experts' estimates over a 3D patch (Diff-Ensembler Eq. 5-6); see objectives.py.
 
 `Trainer` is built from parts (model, objective, noise schedule, epoch schedule, a loader factory) so tests can
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from diffens_auto.diffusion import NoiseSchedule
+from diffens_auto.diffusion.prediction import check_prediction, training_target
 from diffens_auto.model_folder import checkpoints as ckpt
 from diffens_auto.training import distributed, rng
 from diffens_auto.training.ema import EMA, unwrap
@@ -64,11 +67,12 @@ class Trainer:
                  *, output_folder: str | Path, lr: float, ema_decay: float, optimizer: str = "adam",
                  weight_decay: float = 0.0, metadata: dict | None = None,
                  device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1, echo: bool = True,
-                 on_resume: Callable[[dict], None] | None = None):
+                 on_resume: Callable[[dict], None] | None = None, prediction: str = "epsilon"):
         self.device = torch.device(device)
         self.model = model
         self.objective = objective
         self.noise_schedule = noise_schedule
+        self.prediction = check_prediction(prediction)
         self.schedule = schedule
         self.loaders = loaders
         self.output_folder = Path(output_folder)
@@ -93,11 +97,11 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def loss(self, model, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """MSE(eps_hat, eps) for y_t = q_sample(y0, t, eps) (DDPM Eq. 14, 'simple' loss)."""
+        """MSE(output, eps or v) for y_t = q_sample(y0, t, eps) (DDPM Eq. 14, 'simple' loss)."""
         y_t = self.noise_schedule.q_sample(batch["y0"], t, noise)
         with self._autocast():
-            eps_hat = self.objective(model, batch, y_t, t)
-        return F.mse_loss(eps_hat.float(), noise)
+            output = self.objective(model, batch, y_t, t)
+        return F.mse_loss(output.float(), training_target(self.noise_schedule, self.prediction, batch["y0"], noise, t))
 
     def step(self, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> float:
         """One optimizer step (and EMA update) on a batch with given (t, eps); returns the loss."""

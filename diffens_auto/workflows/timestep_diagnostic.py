@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from diffens_auto.atomic import atomic_path, atomic_write_json
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.diagnostic import bucket_timesteps, timestep_errors
+from diffens_auto.diffusion.prediction import as_eps_denoiser
 from diffens_auto.diffusion.strategies import build_strategy
 from diffens_auto.inference.model import TrainedModel
 from diffens_auto.preprocessing.storage import load_case
@@ -65,7 +66,9 @@ def timestep_diagnostic(model: TrainedModel, data_folder: Path, cases: list[str]
     """Mean x0-PSNR (target space, dB) and eps-MSE per timestep bucket over `cases`, per strategy and trivial."""
     schedule = NoiseSchedule.from_plans(model.plans["diffusion"])
     timesteps = bucket_timesteps(schedule.num_train_steps, NUM_BUCKETS)
-    strategies = diagnosed_strategies(model)
+    prediction = model.task_plans.get("prediction", "epsilon")
+    strategies = {name: as_eps_denoiser(strategy, schedule, prediction)
+                  for name, strategy in diagnosed_strategies(model).items()}
     sums = {name: {"x0_psnr": [], "eps_mse": []} for name in [*strategies, TRIVIAL]}
     for index, case in enumerate(sorted(cases)):
         y0, condition, region = case_sample(data_folder, case, model.plans, model.task)

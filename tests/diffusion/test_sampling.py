@@ -178,3 +178,52 @@ def test_loop_argument_checks_and_dtype():
     assert sample(denoiser, sampler, (2, 1, 3, 4, 5), seed=0, dtype=torch.float64).dtype == torch.float64
     noise = sample(lambda y, c, t: torch.zeros_like(y), sampler, (1, 1, 4, 4, 4), seed=5)
     assert torch.isfinite(noise).all()
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_a_truncated_chain_starts_from_zero_noised_to_its_first_step_and_the_oracle_recovers_y0(kind):
+    from diffens_auto.diffusion import sampler_from_plans
+    diffusion = {"num_train_steps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                 "sampler": kind, "num_inference_steps": 10, "start_timestep": 299}
+    sampler = sampler_from_plans(diffusion, SCHEDULE)
+    steps = sampler.timesteps.tolist()
+    assert len(steps) == 10 and max(steps) <= 299 and min(steps) == 0
+    assert sampler.initial_noise_scale == pytest.approx((1 - float(SCHEDULE.alpha_bar[steps[0]])) ** 0.5)
+    seen = []
+    y0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    oracle = oracle_for(y0)
+
+    def recording(y_t, condition, t):
+        seen.append(y_t.clone())
+        return oracle(y_t, condition, t)
+    out = sample(recording, sampler, SHAPE, seed=5)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(seen[0], noise * sampler.initial_noise_scale)     # y0 = 0 noised to t'
+    torch.testing.assert_close(out, y0, atol=1e-4, rtol=0)
+    # the full chain keeps starting from pure noise
+    assert sampler_from_plans({**diffusion, "start_timestep": None}, SCHEDULE).initial_noise_scale == 1.0
+    with pytest.raises(ValueError, match="start_timestep must be an integer in 0..999"):
+        DDIMSampler(SCHEDULE, 10, start_timestep=1000)
+
+
+def test_a_v_oracle_through_as_eps_denoiser_recovers_its_volume_and_v_inverts():
+    from diffens_auto.diffusion.prediction import as_eps_denoiser, training_target
+    y0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    for t in (0, 500, 999):
+        y_t = SCHEDULE.q_sample(y0, t, noise)
+        v = training_target(SCHEDULE, "v", y0, noise, t)
+        a = float(SCHEDULE.alpha_bar[t])
+        torch.testing.assert_close(v, a ** 0.5 * noise - (1 - a) ** 0.5 * y0)       # Salimans & Ho's velocity
+        torch.testing.assert_close(SCHEDULE.eps_from_v(y_t, v, t), noise, atol=1e-5, rtol=0)
+    assert training_target(SCHEDULE, "epsilon", y0, noise, 3) is noise
+    eps_oracle = oracle_for(y0)
+
+    def v_oracle(y_t, condition, t):
+        eps = eps_oracle(y_t, condition, t)
+        return SCHEDULE.v_from_noise(SCHEDULE.tweedie_x0(y_t, eps, t), eps, t)
+    out = sample(as_eps_denoiser(v_oracle, SCHEDULE, "v"), DDIMSampler(SCHEDULE, 10), SHAPE, seed=0)
+    torch.testing.assert_close(out, y0, atol=1e-4, rtol=0)
+    assert as_eps_denoiser(eps_oracle, SCHEDULE, "epsilon") is eps_oracle
+    with pytest.raises(ValueError, match="Unknown prediction 'x0'"):
+        as_eps_denoiser(eps_oracle, SCHEDULE, "x0")

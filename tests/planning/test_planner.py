@@ -126,7 +126,8 @@ def test_per_task_channels_and_task_section(brats_40):
         "target": 3, "target_name": "FLAIR", "inputs": [1], "input_names": ["T1ce"],
         "degradation": {"type": "avgpool", "factor": [4, 4, 4]}, "condition_channels": [1, 3],
         "parametrization": "epsilon_residual", "target_normalization": "degraded:avgpool_4x4x4", "input_normalization": "case",
-        "ensembler_lambda": 1.0, "residual_scale": 4.0, "clip_x0": 6.0}   # 1 / rms 0.25; abs_max 1.5 x 4
+        "ensembler_lambda": 1.0, "residual_scale": 4.0, "clip_x0": 6.0,   # 1 / rms 0.25; abs_max 1.5 x 4
+        "prediction": "v"}
     mt = brats_40["tasks"]["mt"]
     assert (mt["parametrization"], mt["target_normalization"], mt["condition_channels"]) == \
         ("epsilon_target", "dataset", [1])

@@ -115,3 +115,19 @@ def test_condition_channel_count_is_checked(plans):
     target, inputs = _volumes(2)
     with pytest.raises(ValueError, match="condition channels"):
         make_condition(target, inputs, plans["tasks"]["both"])
+
+
+def test_diffusion_for_task_takes_the_tasks_clip_and_truncated_start(plans):
+    from diffens_auto.tasks.conditioning import diffusion_for_task
+    plans = {**plans, "tasks": {**plans["tasks"], "sr": {**plans["tasks"]["sr"], "start_timestep": 200},
+                                "mt": {**plans["tasks"]["mt"]}}}
+    sr = diffusion_for_task(plans, "sr")
+    assert sr["clip_x0"] == plans["tasks"]["sr"]["clip_x0"] and sr["start_timestep"] == 200
+    assert diffusion_for_task(plans, "mt")["clip_x0"] == plans["diffusion"]["clip_x0"]     # no own bound
+    assert "start_timestep" not in diffusion_for_task(plans, "mt")
+    # no clipping in the plans stays no clipping
+    unclipped = {**plans, "diffusion": {**plans["diffusion"], "clip_x0": False}}
+    assert diffusion_for_task(unclipped, "sr")["clip_x0"] is False
+    plans["tasks"]["mt"]["start_timestep"] = 100
+    with pytest.raises(ValueError, match="Task 'mt': start_timestep starts sampling from y0 = 0.*Fix: remove"):
+        diffusion_for_task(plans, "mt")

@@ -224,3 +224,32 @@ def test_ensembler_overfits_one_batch(overfit_plans, tmp_path):
     batch = {"y0": _smooth((1, 1, 8, 8, 8), generator), "condition": _smooth((1, 1, 8, 8, 8), generator)}
     noise = torch.randn((1, 1, 8, 8, 8), generator=generator)
     assert _steps_to_fall_tenfold(trainer, batch, torch.tensor([300]), noise) is not None
+
+
+def test_a_v_predicting_trainer_regresses_on_the_velocity(overfit_plans, tmp_path):
+    from diffens_auto.diffusion.prediction import training_target
+
+    class Velocity:
+        """An 'objective' that returns a fixed guess, so the loss can be checked by hand."""
+        kind = "expert"
+
+        def __init__(self, guess):
+            self.guess = guess
+
+        def __call__(self, model, batch, y_t, t):
+            return self.guess
+    generator = torch.Generator().manual_seed(0)
+    batch = {"y0": torch.randn((2, 1, 8, 8), generator=generator), "condition": torch.zeros((2, 1, 8, 8))}
+    noise, t = torch.randn((2, 1, 8, 8), generator=generator), torch.tensor([10, 900])
+    schedule = NoiseSchedule.from_plans(overfit_plans["diffusion"])
+    v = training_target(schedule, "v", batch["y0"], noise, t)
+    stage = Stage("train", 1, (8, 8), 1)
+    trainer = Trainer(torch.nn.Conv2d(1, 1, 1), Velocity(v), schedule, EpochSchedule((stage,), 1, 0, 1, stage),
+                      loaders=None, output_folder=tmp_path, lr=1e-3, ema_decay=0.99, echo=False, prediction="v")
+    assert float(trainer.loss(trainer.model, batch, t, noise)) == 0.0        # the exact velocity: no loss
+    eps_trainer = Trainer(torch.nn.Conv2d(1, 1, 1), Velocity(noise), schedule, EpochSchedule((stage,), 1, 0, 1, stage),
+                          loaders=None, output_folder=tmp_path / "eps", lr=1e-3, ema_decay=0.99, echo=False)
+    assert float(eps_trainer.loss(eps_trainer.model, batch, t, noise)) == 0.0  # the default predicts the noise
+    with pytest.raises(ValueError, match="Unknown prediction"):
+        Trainer(torch.nn.Conv2d(1, 1, 1), Velocity(v), schedule, EpochSchedule((stage,), 1, 0, 1, stage),
+                loaders=None, output_folder=tmp_path / "x", lr=1e-3, ema_decay=0.99, echo=False, prediction="x0")
