@@ -76,7 +76,7 @@ def iteration_plan(minutes: float, seconds_per_iteration: dict, settings: Qualit
     plan = {}
     for configuration, seconds in seconds_per_iteration.items():
         share = settings.expert_share / len(experts) if configuration != ENSEMBLER else 1 - settings.expert_share
-        plan[configuration] = int(minutes * 60 * share / max(float(seconds), 1e-9))
+        plan[configuration] = round(minutes * 60 * share / max(float(seconds), 1e-9))
     return plan
 
 

@@ -87,7 +87,10 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
         return None
     problems = []
     defaults = {"prediction": "epsilon", "residual_scale": None}
-    for key in ("target", "parametrization", "target_normalization", "prediction", "residual_scale"):
+    keys = ["target", "parametrization", "target_normalization", "prediction"]
+    if exp["parametrization"] == "epsilon_residual":
+        keys.append("residual_scale")          # the residual's scale is part of what is predicted
+    for key in keys:
         mine, theirs = exp.get(key, defaults.get(key)), ens.get(key, defaults.get(key))
         if mine != theirs:
             problems.append(f"{key} {mine!r} (task '{expert_task}') vs {theirs!r} (task '{ensembler_task}')")
@@ -102,9 +105,9 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
         raise ExpertMismatchError(
             f"Experts of task '{expert_task}' cannot be fused into an ensembler for task '{ensembler_task}': "
             + "; ".join(problems) + ". The ensembler fuses noise estimates of ONE quantity: fuse experts of tasks "
-            "with the same target, parametrization and target_normalization (e.g. set both tasks' "
-            "'parametrization' to 'epsilon_target' and 'target_normalization' to 'dataset' in the plans file, "
-            "then retrain the experts).")
+            "with the same target, parametrization, target_normalization and prediction (e.g. set both tasks' "
+            "'parametrization' to 'epsilon_target', 'target_normalization' to 'dataset' and 'prediction' to the "
+            "same value in the plans file, then retrain the experts).")
     return [ens["condition_channels"].index(c) for c in exp["condition_channels"]]
 
 

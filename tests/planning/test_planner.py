@@ -141,7 +141,7 @@ def test_plans_top_level_keys_and_json(brats_40):
     assert brats_40["resampling"] == {"order": 3, "order_z": 0, "anisotropy_threshold": 3.0}
     assert brats_40["normalization"]["dataset"]["3"] == {"center": 420.0, "half_range": 400.0}
     assert brats_40["diffusion"] == {
-        "num_train_steps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "sampler": "ddim",
+        "num_train_steps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "sampler": "ddpm",
         "eta": 0.0, "num_inference_steps": 50, "timestep_spacing": "leading", "ddpm_timestep_spacing": "guided",
         "ddpm_variance": "fixed_small", "clip_x0": True, "consistency_projection": True}
     assert brats_40["training"]["expert"]["lr"] == 5e-5 and brats_40["training"]["ensembler"]["lr"] == 1e-4

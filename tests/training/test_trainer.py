@@ -135,7 +135,8 @@ def _fusion_plans(workspace) -> str:
     plans = json.loads(json.dumps(workspace.plans))
     plans["plans_name"] = name = "diffensPlans_tinyfusion"
     for task in ("sr", "both"):
-        plans["tasks"][task].update(parametrization="epsilon_target", target_normalization="dataset")
+        plans["tasks"][task].update(parametrization="epsilon_target", target_normalization="dataset",
+                                    prediction=plans["tasks"]["mt"]["prediction"])
     (workspace.preprocessed / f"{name}.json").write_text(json.dumps(plans))
     return name
 

@@ -34,8 +34,11 @@ def test_an_oracle_denoiser_is_exact_at_every_timestep(trained_demo_folders):
     y0, _, _ = case_sample(data_folder, case, model.plans, "sr")
     alpha_bar = NoiseSchedule.from_plans(model.plans["diffusion"]).alpha_bar.float()
 
-    def oracle(y_t, condition, t):
-        return (y_t - alpha_bar[t].sqrt() * y0) / (1 - alpha_bar[t]).sqrt()
+    def oracle(y_t, condition, t):       # the exact output of what the model predicts (v for SR tasks)
+        eps = (y_t - alpha_bar[t].sqrt() * y0) / (1 - alpha_bar[t]).sqrt()
+        if model.task_plans.get("prediction", "epsilon") == "v":
+            return alpha_bar[t].sqrt() * eps - (1 - alpha_bar[t]).sqrt() * y0
+        return eps
     model.strategy = oracle
     curves = timestep_diagnostic(model, data_folder, [case])["curves"]
     assert max(curves["2d_axial"]["eps_mse"]) < 1e-6
