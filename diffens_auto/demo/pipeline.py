@@ -234,19 +234,20 @@ def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "fu
     table = results_table(evaluations, seconds)
     previews = comparison_previews(work, [(m.name, m.folder) for m in METHODS], settings.sr_factor)
     clock.done("evaluation")
+    sampler = str(plans["diffusion"].get("sampler", "ddim"))
     summary = {"settings": {**asdict(settings), "setting": setting, "smoke": smoke, "device": str(device),
-                            "seed": seed},
+                            "seed": seed, "sampler": sampler},
                "table": table, "seconds_per_step": clock.steps, "total_seconds": round(time.time() - clock.started, 1),
                "work_folder": str(work), "previews": [str(p) for p in previews]}
     atomic_write_json(summary, work / "demo_summary.json")
-    atomic_write_text(format_table(table, settings, smoke), work / "demo_table.md")
+    atomic_write_text(format_table(table, settings, smoke, sampler), work / "demo_table.md")
     return summary
 
 
-def format_table(table: list[dict], settings: DemoSettings, smoke: bool) -> str:
+def format_table(table: list[dict], settings: DemoSettings, smoke: bool, sampler: str = "ddpm") -> str:
     """The results as a markdown table (PSNR/SSIM as the paper's Table 1, plus MAE, MMD² and time)."""
     lines = [f"{settings.sr_factor}x super-resolution of FLAIR, {settings.num_test_cases} held-out phantom(s), "
-             f"{settings.steps} DDIM steps{' (smoke run: meaningless numbers)' if smoke else ''}", "",
+             f"{settings.steps} {sampler.upper()} steps{' (smoke run: meaningless numbers)' if smoke else ''}", "",
              "| method | PSNR (dB) | SSIM | MAE | MMD² | s / volume |", "|---|---|---|---|---|---|"]
     for row in table:
         cells = [row["method"]] + [_cell(row[k], d) for k, d in (("psnr", 2), ("ssim", 4), ("mae", 2),

@@ -29,7 +29,7 @@ def demo_entry() -> None:
         default = {"smoke": "diffens_demo_smoke", "full": "diffens_demo_output", "legacy": "diffens_demo_legacy"}
         summary = run_demo(args.o or default[setting], setting=setting, num_processes=args.np, device=args.device)
         print()
-        print(format_table(summary["table"], SETTINGS[setting], args.smoke))
+        print(format_table(summary["table"], SETTINGS[setting], args.smoke, summary["settings"]["sampler"]))
         print(f"Total {summary['total_seconds']:.0f} s. Outputs, previews and the table (demo_table.md) are in "
               f"{summary['work_folder']}.")
     run_command(work)

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
                         help="checkpoint file name (default checkpoint_final.pth)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the plans', 50)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the plans' (ddim)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                        help="default: the plans' (ddpm since 2026-12; older plans: ddim)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the plans', 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     parser.add_argument("--num_samples", type=int, default=1,

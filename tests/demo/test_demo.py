@@ -17,7 +17,8 @@ def test_smoke_demo_reports_every_method_and_resumes(tmp_path, monkeypatch):
         assert row["failed"] == [] and row["num_cases"] == SMOKE.num_test_cases
         assert np.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1 and row["mae"] >= 0
     assert json.loads((work / "demo_summary.json").read_text())["table"] == json.loads(json.dumps(summary["table"]))
-    assert (work / "demo_table.md").read_text() == format_table(summary["table"], SMOKE, True)
+    assert (work / "demo_table.md").read_text() == format_table(summary["table"], SMOKE, True, "ddpm")
+    assert summary["settings"]["sampler"] == "ddpm"
     assert len(summary["previews"]) == SMOKE.num_test_cases
     # every diffusion prediction and the projected trilinear floor pool back to the low-resolution input exactly;
     # plain trilinear interpolation does not
