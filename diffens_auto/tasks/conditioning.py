@@ -22,11 +22,16 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from diffens_auto.errors import DiffensError
 from diffens_auto.operators import operator_for, upsample_to_grid
 from diffens_auto.preprocessing.normalization import renormalize, select_params
 
 PARAMETRIZATIONS = ("epsilon_target", "epsilon_residual")
 LEGACY_RESIDUAL_SCALE = 0.5   # the public code's (target - up(A target)) / 2; plans made before the planned scale
+
+
+class TaskPlansError(DiffensError, ValueError):
+    """A task entry of the plans that cannot be used as written (a user edit), with the fix."""
 
 
 def residual_scale(task_plans: Mapping) -> float:
@@ -42,7 +47,7 @@ def diffusion_for_task(plans: Mapping, task: str) -> dict:
         diffusion["clip_x0"] = float(task_plans["clip_x0"])
     if task_plans.get("start_timestep") is not None:
         if task_plans["parametrization"] != "epsilon_residual":
-            raise ValueError(f"Task '{task}': start_timestep starts sampling from y0 = 0, the interpolated input of "
+            raise TaskPlansError(f"Task '{task}': start_timestep starts sampling from y0 = 0, the interpolated input of "
                              "an SR residual; a task with parametrization "
                              f"{task_plans['parametrization']!r} has no such start. Fix: remove the key.")
         diffusion["start_timestep"] = int(task_plans["start_timestep"])
