@@ -1,6 +1,7 @@
 """Test helper: the tiny preset's plans for a small synthetic fingerprint, and untrained networks built from them."""
 import torch
 
+from diffens_auto.dataset.dataset_json import degradation_key
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
 
@@ -52,6 +53,5 @@ def with_residual_statistics(fingerprint: dict, tasks: dict, **stats) -> dict:
     for task in tasks.values():
         degradation = task.get("degradation")
         if degradation:
-            key = f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
-            residuals.setdefault(str(task["target"]), {})[key] = residual_statistics(**stats)
+            residuals.setdefault(str(task["target"]), {})[degradation_key(degradation)] = residual_statistics(**stats)
     return {**fingerprint, "residual_statistics_per_channel": residuals}
