@@ -121,7 +121,8 @@ def benchmark_core(volume: int = 64, repeats: int = 3, seed: int = 0) -> dict:
                                            "experts": [runner.name for runner in strategy.runners],
                                            "window": list(getattr(strategy, "window", [])) or None}
         batched = runners["2d_axial"]
-        per_slice = ExpertRunner(batched.expert, batched.slice_axis, 1, name="2d_axial")
+        per_slice = ExpertRunner(batched.expert, batched.slice_axis, 1, batched.context_slices,
+                                 batched.position_channels, name="2d_axial")
         results["per_slice_loop_seconds"] = seconds_per_call(lambda: per_slice(y_t, condition, t), repeats)
     results["batched_seconds"] = results["strategies"]["2d_axial"]["seconds_per_step"]
     results["batched_speedup"] = results["per_slice_loop_seconds"] / results["batched_seconds"]

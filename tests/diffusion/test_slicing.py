@@ -157,12 +157,12 @@ def test_runner_from_network_and_grad():
 
 @pytest.fixture(scope="module")
 def tiny_expert_network():
-    """The tiny preset's axial expert network dict (task sr), made 2.5D: one context slice on each side."""
+    """The tiny preset's axial expert network dict (task sr): 2.5D with the planned context and positions."""
     from tiny_plans import tiny_plans
 
     from diffens_auto.planning import network_for_task
-    network = {**network_for_task(tiny_plans(), "2d_axial", "sr"), "context_slices": 1}
-    network["in_channels"] = 1 + 1 * 3
+    network = network_for_task(tiny_plans(), "2d_axial", "sr")
+    assert network["context_slices"] > 0 and network["position_channels"] == 3
     return network
 
 
@@ -173,8 +173,11 @@ def test_real_expert_slice_batches_equal_per_slice_loop(tiny_expert_network, sli
     expert = build_expert(tiny_expert_network).eval()
     y_t, condition = torch.randn(2, 1, 8, 12, 4), torch.randn(2, 1, 8, 12, 4)
     t = torch.tensor([3, 640])
+    # the planned expert inputs: context slices and position channels as the tiny preset plans them
+    context = tiny_expert_network["context_slices"]
+    positions = position_channels(y_t.shape[2:]) if tiny_expert_network["position_channels"] else None
     with torch.no_grad():
-        eps_ref, features_ref = loop_reference(expert, y_t, condition, t, slice_axis, 1)
+        eps_ref, features_ref = loop_reference(expert, y_t, condition, t, slice_axis, context, positions)
     for batch_size in (3, 64):
         eps, features = ExpertRunner.from_network(expert, tiny_expert_network, slice_axis, batch_size)(
             y_t, condition, t, want_features=True)

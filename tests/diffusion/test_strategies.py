@@ -7,7 +7,7 @@ from tiny_plans import TASK, tiny_models, tiny_plans
 from torch import nn
 
 from diffens_auto.diffusion import sample, sampler_from_plans
-from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.slicing import ExpertRunner, position_channels
 from diffens_auto.diffusion.sliding_window import sliding_window
 from diffens_auto.diffusion.strategies import TPDM, Average, Learned, SingleExpert, Windowed, build_strategy
 from diffens_auto.networks import build_expert
@@ -219,9 +219,12 @@ def test_learned_patch_wise_runs_experts_and_ensembler_per_window(tiny):
     learned = build_strategy("3d_ensembler", runners, ensemblers["3d_ensembler"], window=(8, 16, 16), overlap=0.5,
                              sigma_scale=0.125)
     eps = learned(y_t, condition, 77)
-    # an untrained ensembler averages, so per window it is the average of the experts on that window's slices
+    # an untrained ensembler averages, so per window it is the average of the experts on that window's slices,
+    # each seeing its window's cut of the whole volume's coordinates
     average = Average(list(runners.values()))
-    expected = sliding_window(lambda y, c: average(y, c, 77), [y_t, condition], (8, 16, 16), 0.5, 0.125)
+    positions = position_channels(y_t.shape[2:])
+    expected = sliding_window(lambda y, c, p: average(y, c, 77, positions=p), [y_t, condition, positions],
+                              (8, 16, 16), 0.5, 0.125)
     assert eps.shape == y_t.shape
     assert (eps - expected).abs().max() <= 1e-6
 

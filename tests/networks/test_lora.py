@@ -17,7 +17,7 @@ def expert(tiny_plans, randomize):
 
 def run(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 2, 16, 16, generator=generator)
+    x = torch.randn(2, model.in_channels, 16, 16, generator=generator)
     return model(x, torch.tensor([5, 700]))[0]
 
 

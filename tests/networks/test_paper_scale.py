@@ -12,8 +12,9 @@ META = torch.device("meta")
 VOLUME = (192, 192, 152)
 TASKS = {"sr": {"target": 3, "inputs": [], "degradation": {"type": "avgpool", "factor": [4, 4, 4]}},
          "both": {"target": 3, "inputs": [1], "degradation": {"type": "avgpool", "factor": [4, 4, 4]}}}
-# the parameter counts documentation/networks.md quotes (task "both": 3 expert / 5 ensembler input channels)
-EXPECTED = {("2d_axial", "both"): 63_328_449, ("2d_axial", "sr"): 63_327_873,
+# the parameter counts documentation/networks.md quotes (task "both": 14 expert inputs = y_t + 2 conditions x 5
+# slices + 3 positions; 5 ensembler inputs)
+EXPECTED = {("2d_axial", "both"): 63_334_785, ("2d_axial", "sr"): 63_331_905,
             ("3d_ensembler", "both"): 59_041_282, ("3d_ensembler_small", "both"): 11_889_090}
 
 

@@ -117,11 +117,14 @@ def test_shapes_are_divisible_by_stride_and_degradation_factor(brats_40, brats_8
 
 def test_per_task_channels_and_task_section(brats_40):
     configurations = brats_40["configurations"]
-    assert configurations["2d_axial"]["in_channels_per_task"] == {"sr": 2, "mt": 2, "both": 3}
+    # y_t + each condition with 2 neighbouring slices on either side + 3 position channels
+    assert configurations["2d_axial"]["network"]["context_slices"] == 2
+    assert configurations["2d_axial"]["network"]["position_channels"] == 3
+    assert configurations["2d_axial"]["in_channels_per_task"] == {"sr": 9, "mt": 9, "both": 14}
     assert configurations["3d_ensembler"]["in_channels_per_task"] == {"sr": 4, "mt": 4, "both": 5}
     assert configurations["3d_ensembler"]["network"]["out_channels"] == 2   # one zero-sum weight map + residual
-    assert network_for_task(brats_40, "2d_sagittal", "both")["in_channels"] == 3
-    assert network_for_task(brats_40, "2d_sagittal", "sr")["in_channels"] == 2
+    assert network_for_task(brats_40, "2d_sagittal", "both")["in_channels"] == 14
+    assert network_for_task(brats_40, "2d_sagittal", "sr")["in_channels"] == 9
     assert brats_40["tasks"]["both"] == {
         "target": 3, "target_name": "FLAIR", "inputs": [1], "input_names": ["T1ce"],
         "degradation": {"type": "avgpool", "factor": [4, 4, 4]}, "condition_channels": [1, 3],
@@ -152,7 +155,7 @@ def test_plans_top_level_keys_and_json(brats_40):
 def test_single_channel_sr_dataset():
     plans = plan_experiment(brats_fingerprint(num_channels=1), {"sr": BRATS_TASKS["sr"] | {"target": 0}},
                             {0: "FLAIR"}, "Dataset501_FLAIR", 40.0)
-    assert plans["configurations"]["2d_axial"]["in_channels_per_task"] == {"sr": 2}
+    assert plans["configurations"]["2d_axial"]["in_channels_per_task"] == {"sr": 9}
     assert list(plans["normalization"]["dataset"]) == ["0"]
 
 

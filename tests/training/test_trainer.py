@@ -202,9 +202,12 @@ def _trainer(model, objective, plans, shape, tmp_path, lr):
 def test_expert_overfits_one_batch(overfit_plans, tmp_path):
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = build_expert(network_for_task(overfit_plans, "2d_axial", "mt"))
+    network = network_for_task(overfit_plans, "2d_axial", "mt")
+    model = build_expert(network)
     trainer = _trainer(model, ExpertObjective(), overfit_plans, (8, 8), tmp_path, lr=2e-3)
-    batch = {"y0": _smooth((2, 1, 8, 8), generator), "condition": _smooth((2, 1, 8, 8), generator)}
+    # a sampler's expert batch: the condition with its context slices, then the position channels
+    batch = {"y0": _smooth((2, 1, 8, 8), generator),
+             "condition": _smooth((2, network["in_channels"] - 1, 8, 8), generator)}
     noise = torch.randn((2, 1, 8, 8), generator=generator)
     assert _steps_to_fall_tenfold(trainer, batch, torch.tensor([50, 400]), noise) is not None
 
@@ -216,7 +219,8 @@ def test_ensembler_overfits_one_batch(overfit_plans, tmp_path):
     names = plans["configurations"]["3d_ensembler"]["experts"]
     for name in names:      # frozen, untrained experts: the ensembler must learn what they miss
         expert = build_expert(network_for_task(plans, name, "mt")).eval().requires_grad_(False)
-        runner = ExpertRunner(expert, plans["configurations"][name]["slice_axis"], 16, name=name)
+        runner = ExpertRunner.from_network(expert, network_for_task(plans, name, "mt"),
+                                           plans["configurations"][name]["slice_axis"], 16, name=name)
         experts.append(FrozenExpert(runner, {}))
     network = dict(network_for_task(plans, "3d_ensembler", "mt"), gradient_checkpointing=False)
     assert network["feature_injection"]
