@@ -1,13 +1,16 @@
-"""`diffens_benchmark quality`: learning curves of the SR methods on held-out phantoms (PSNR/SSIM vs training time).
+"""`diffens_benchmark quality`: learning curves of a task's methods on held-out phantoms (PSNR/SSIM vs training time).
 
-The paper's 4x isotropic super-resolution of FLAIR, on DemoBrain phantoms: training phantoms from `seed`, held-out
+By default the paper's 4x isotropic super-resolution of FLAIR (`--task sr`); `--task mt` (T1ce -> FLAIR) and
+`--task both` (T1ce and the 4x pooled FLAIR -> FLAIR) run the same learning curve with their own floor, the
+inputs mapped to the target by a linear intensity fit on the training cases (inference/linear_fit.py; for both,
+projected onto the measurement). On DemoBrain phantoms: training phantoms from `seed`, held-out
 phantoms from `seed + TEST_SEED_OFFSET` (seeds the training never saw), planned with the tiny preset. The total
 training budget (`--minutes`) is split into the points of the learning curve, 1 : 2 : 4 of it (each point trains
 from scratch, so the points add up to the budget); within a point the three experts (axial, sagittal, coronal)
 share `expert_share` of its time equally and the ensembler gets the rest. Iterations come from the seconds per
 iteration measured first on a short run of each configuration (setup included), so a point keeps to its minutes
-on any machine. At every point each method of the demo's table (demo/pipeline.py: trilinear, the projected
-trilinear floor, 2D axial, TPDM, the averages of 2 and of 3 planes, Diff-Ensembler) predicts every held-out
+on any machine. At every point each method of the task's table (demo/pipeline.py TASK_METHODS: the baselines, 2D
+axial, TPDM, the averages of 2 and of 3 planes, Diff-Ensembler) predicts every held-out
 phantom with the plans' sampler settings; reported per method and point: mean PSNR and SSIM with their standard
 errors and the paired PSNR difference to the floor (mean and standard error over the phantoms).
 
@@ -28,16 +31,19 @@ import numpy as np
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_path, atomic_write_json, atomic_write_text
 from diffens_auto.demo.dataset import DEFAULT_NOISE, make_demo_dataset, sample_demo_case, write_case
-from diffens_auto.demo.pipeline import DEMO_DATASET_ID, METHODS, TASK, TOSM_EXPERTS, evaluate_methods, predict_methods
+from diffens_auto.demo.pipeline import (DEMO_DATASET_ID, FLOORS, TASK_METHODS, TOSM_EXPERTS, evaluate_methods,
+                                        predict_methods)
 from diffens_auto.errors import DiffensError
 from diffens_auto.inference.degrade_inputs import degrade_folder
+from diffens_auto.inference.linear_fit import fit_linear_map
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
 from diffens_auto.workflows.train import train
 
 TEST_SEED_OFFSET = 1000
 ENSEMBLER = "3d_ensembler"
-FLOOR = "Trilinear + projection (floor)"
+TASK_TITLES = {"sr": "super-resolution of FLAIR", "mt": "translation T1ce -> FLAIR",
+               "both": "translation of T1ce and super-resolution of FLAIR at once"}
 
 
 class QualityBenchmarkError(DiffensError, ValueError):
@@ -58,6 +64,7 @@ class QualitySettings:
     expert_share: float = 0.7            # of a point's time, for the three experts together
     iterations_per_epoch: int = 50
     calibration_iterations: int = 20
+    task: str = "sr"                     # the demo task: sr, mt (T1ce -> FLAIR) or both
 
 
 SMOKE = QualitySettings(num_train_cases=3, num_test_cases=2, shape=(32, 32, 32), spacing=(2.0, 2.0, 2.0), steps=3,
@@ -116,7 +123,8 @@ def _train_point(configurations: list[str], iterations: dict, settings: QualityS
         epochs = max(1, round(iterations[configuration] / settings.iterations_per_epoch))
         if configuration == ENSEMBLER:
             epochs = 2 * max(1, round(epochs / 2))      # pretraining and fine-tuning split 1 : 1 (tiny plans)
-        train(DEMO_DATASET_ID, TASK, configuration, "all", continue_training=True, device=device, num_epochs=epochs,
+        train(DEMO_DATASET_ID, settings.task, configuration, "all", continue_training=True, device=device,
+              num_epochs=epochs,
               iterations_per_epoch=settings.iterations_per_epoch, echo=False, validate=False)
     return time.time() - started
 
@@ -131,7 +139,7 @@ def _calibrate(work: Path, configurations: list[str], settings: QualitySettings,
     for configuration in configurations:
         started = time.time()
         epochs = 2 if configuration == ENSEMBLER else 1
-        train(DEMO_DATASET_ID, TASK, configuration, "all", device=device, num_epochs=epochs,
+        train(DEMO_DATASET_ID, settings.task, configuration, "all", device=device, num_epochs=epochs,
               iterations_per_epoch=settings.calibration_iterations, echo=False, validate=False)
         seconds[configuration] = (time.time() - started) / (epochs * settings.calibration_iterations)
     atomic_write_json(seconds, record)
@@ -153,10 +161,31 @@ def _case_metrics(evaluation: dict) -> dict:
             if row["region"] == "all" and row["status"] == "ok"}
 
 
+def _linear_fit(work: Path, plans: dict, task: str) -> dict | None:
+    """The MT / both floor's linear fit on the training cases (None for sr), saved in the work folder."""
+    if task == "sr":
+        return None
+    record = work / "linear_fit.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    task_plans = plans["tasks"][task]
+    images = paths.raw_folder() / f"Dataset{DEMO_DATASET_ID}_DemoBrain" / "imagesTr"
+    channels = [*task_plans["inputs"], task_plans["target"]]
+    cases = [{c: images / f"{p.name[:-len('_0000.nii.gz')]}_{c:04d}.nii.gz" for c in channels}
+             for p in sorted(images.glob("*_0000.nii.gz"))]
+    fit = fit_linear_map(cases, task_plans["target"], list(task_plans["inputs"]), task_plans["degradation"])
+    atomic_write_json(fit, record)
+    return fit
+
+
 def benchmark_quality(work_folder: str | Path, minutes: float = 15.0, *, smoke: bool = False, device="cpu",
-                      seed: int = 0, num_test_cases: int | None = None, verbose: bool = True) -> dict:
-    """Run the quality benchmark in `work_folder` with `minutes` of training in all; returns its results."""
+                      seed: int = 0, num_test_cases: int | None = None, task: str = "sr",
+                      verbose: bool = True) -> dict:
+    """Run the quality benchmark of `task` in `work_folder` with `minutes` of training in all; returns its results."""
     settings = SMOKE if smoke else QualitySettings()
+    if task not in TASK_METHODS:
+        raise QualityBenchmarkError(f"--task {task!r}: use one of {sorted(TASK_METHODS)}.")
+    settings = replace(settings, task=task)
     if num_test_cases is not None:
         settings = replace(settings, num_test_cases=int(num_test_cases))
     if not minutes > 0:
@@ -168,7 +197,8 @@ def benchmark_quality(work_folder: str | Path, minutes: float = 15.0, *, smoke: 
     plans_file = plan_and_preprocess(DEMO_DATASET_ID, preset="tiny", num_processes=1)
     plans = load_plans(plans_file.parent, plans_file.stem)
     inputs = work / "test_inputs"
-    degrade_folder(tests / "imagesTr", inputs, DEMO_DATASET_ID, TASK, verbose=False)
+    degrade_folder(tests / "imagesTr", inputs, DEMO_DATASET_ID, task, verbose=False)
+    fit = _linear_fit(work, plans, task)
     configurations = list(dict.fromkeys([*plans["configurations"][ENSEMBLER]["experts"], *TOSM_EXPERTS, ENSEMBLER]))
     rates = _calibrate(work, configurations, settings, device)
     points = []
@@ -180,17 +210,18 @@ def benchmark_quality(work_folder: str | Path, minutes: float = 15.0, *, smoke: 
         if seconds is None:
             seconds = _train_point(configurations, iterations, settings, device)
             atomic_write_json({"training_seconds": seconds}, point / "training.json")
-        predict_methods(inputs, point / "predictions", plans["tasks"][TASK]["degradation"], steps=settings.steps,
-                        device=device, seed=seed, previews=False)
-        evaluations = evaluate_methods(tests / "imagesTr", point / "predictions", point / "evaluation", mmd=False)
+        predict_methods(inputs, point / "predictions", plans["tasks"][task]["degradation"], steps=settings.steps,
+                        device=device, seed=seed, previews=False, task=task, fit=fit)
+        evaluations = evaluate_methods(tests / "imagesTr", point / "predictions", point / "evaluation", mmd=False,
+                                       task=task)
         points.append({"planned_minutes": budget, "training_minutes": seconds / 60, "iterations": iterations,
-                       "methods": _point_rows(evaluations)})
+                       "methods": _point_rows(evaluations, FLOORS[task])})
         if verbose:
             print(f"[diffens_benchmark quality] point {index + 1}/{len(settings.budget_parts)}: {budget:.1f} min "
                   f"planned, {seconds / 60:.1f} min trained", flush=True)
     os.environ[paths.RESULTS_VARIABLE] = str(folders[paths.RESULTS_VARIABLE])
     results = {"settings": {**asdict(settings), "minutes": minutes, "seed": seed, "device": str(device)},
-               "seconds_per_iteration": rates, "points": points}
+               "seconds_per_iteration": rates, "linear_fit": fit, "points": points}
     atomic_write_json(results, work / "quality.json")
     atomic_write_text(format_quality_table(results), work / "quality_table.md")
     plot_learning_curves(results, work / "quality_curve.png")
@@ -202,25 +233,32 @@ def _recorded_seconds(point: Path) -> float | None:
     return float(json.loads(record.read_text())["training_seconds"]) if record.is_file() else None
 
 
-def _point_rows(evaluations: dict) -> dict:
+def _point_rows(evaluations: dict, floor_name: str) -> dict:
     """{method: {"psnr": paired_statistics, "ssim": paired_statistics}} against the floor, over the same cases."""
     metrics = {name: _case_metrics(result) for name, result in evaluations.items()}
     cases = sorted(set.intersection(*(set(m) for m in metrics.values())))
-    floor = metrics[FLOOR]
+    floor = metrics[floor_name]
     return {name: {"psnr": paired_statistics([m[c][0] for c in cases], [floor[c][0] for c in cases]),
                    "ssim": paired_statistics([m[c][1] for c in cases], [floor[c][1] for c in cases])}
             for name, m in metrics.items()}
 
 
+def _title(settings: dict) -> str:
+    task = settings.get("task", "sr")
+    factor = f"{settings['sr_factor']}x " if task != "mt" else ""
+    return f"{task}: {factor}{TASK_TITLES[task]}"
+
+
 def format_quality_table(results: dict) -> str:
     """The learning curves as a markdown table: one row per method and point."""
     settings = results["settings"]
-    lines = [f"{settings['sr_factor']}x super-resolution of FLAIR, {settings['num_test_cases']} held-out phantoms "
+    task = settings.get("task", "sr")
+    lines = [f"{_title(settings)}, {settings['num_test_cases']} held-out phantoms "
              f"(seed {settings['seed'] + TEST_SEED_OFFSET}), {settings['steps']} sampling steps, "
              f"{settings['minutes']:g} training minutes in all", "",
              "| method | training min | PSNR (dB) ± SE | Δ floor (dB) ± SE | SSIM ± SE | Δ floor SSIM ± SE |",
              "|---|---|---|---|---|---|"]
-    for method in METHODS:
+    for method in TASK_METHODS[task]:
         for point in results["points"]:
             row = point["methods"][method.name]
             p, s = row["psnr"], row["ssim"]
@@ -238,7 +276,7 @@ def plot_learning_curves(results: dict, output: Path) -> Path:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     minutes = [p["training_minutes"] for p in results["points"]]
-    for method in METHODS:
+    for method in TASK_METHODS[results["settings"].get("task", "sr")]:
         for axis, metric in zip(axes, ("psnr", "ssim")):
             means = [p["methods"][method.name][metric]["mean"] for p in results["points"]]
             errors = [p["methods"][method.name][metric]["se"] for p in results["points"]]
@@ -249,7 +287,7 @@ def plot_learning_curves(results: dict, output: Path) -> Path:
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    figure.suptitle(f"diffens_benchmark quality: {results['settings']['sr_factor']}x SR, "
+    figure.suptitle(f"diffens_benchmark quality: {_title(results['settings'])}, "
                     f"{results['settings']['num_test_cases']} held-out phantoms")
     figure.tight_layout()
     output = Path(output)

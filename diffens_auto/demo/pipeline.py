@@ -34,6 +34,7 @@ from diffens_auto.errors import DiffensError
 from diffens_auto.evaluation import evaluate_folders
 from diffens_auto.inference.degrade_inputs import degrade_folder
 from diffens_auto.inference.interpolation import trilinear_folder
+from diffens_auto.inference.linear_fit import linear_map_folder
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.planning.plans_file import load_plans
 from diffens_auto.workflows.plan_and_preprocess import plan_and_preprocess
@@ -46,23 +47,34 @@ TOSM_EXPERTS = ("2d_axial", "2d_sagittal", "2d_coronal")
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the demo's table: diffens_predict -c `configuration` (--experts), or trilinear interpolation."""
+    """One row of the demo's table: diffens_predict -c `configuration` (--experts), or a baseline without a model."""
 
     name: str
     folder: str                           # predictions/<folder>, evaluation/<folder>.json
-    configuration: str | None = None      # None: trilinear interpolation
+    configuration: str | None = None      # None: the baseline
     experts: tuple[str, ...] | None = None
-    project: bool = False                 # trilinear only: the exact consistency projection afterwards
+    project: bool = False                 # baselines: the exact consistency projection afterwards
+    baseline: str = "trilinear"           # "trilinear" (SR) or "linear_fit" (the inputs' linear fit, MT / both)
 
 
+DIFFUSION_METHODS = (Method("2D axial (Palette)", "2d_axial", "2d_axial"),
+                     Method("TPDM", "tpdm", "tpdm"),
+                     Method("Average of 2 (axial, sagittal)", "average", "average"),
+                     Method("Average of 3 planes (TOSM)", "average_3", "average", TOSM_EXPERTS),
+                     Method("Diff-Ensembler", "3d_ensembler", "3d_ensembler"))
 # in the order of the paper's Table 1, after the two interpolation rows
 METHODS = (Method("Trilinear", "trilinear"),
            Method("Trilinear + projection (floor)", "trilinear_projected", project=True),
-           Method("2D axial (Palette)", "2d_axial", "2d_axial"),
-           Method("TPDM", "tpdm", "tpdm"),
-           Method("Average of 2 (axial, sagittal)", "average", "average"),
-           Method("Average of 3 planes (TOSM)", "average_3", "average", TOSM_EXPERTS),
-           Method("Diff-Ensembler", "3d_ensembler", "3d_ensembler"))
+           *DIFFUSION_METHODS)
+# each task's rows: the floor is the best its inputs give without a learned prior (linear_fit.py)
+TASK_METHODS = {
+    "sr": METHODS,
+    "mt": (Method("Linear fit (floor)", "linear_fit", baseline="linear_fit"), *DIFFUSION_METHODS),
+    "both": (Method("Linear fit", "linear_fit", baseline="linear_fit"),
+             Method("Linear fit + projection (floor)", "linear_fit_projected", project=True, baseline="linear_fit"),
+             *DIFFUSION_METHODS),
+}
+FLOORS = {"sr": "Trilinear + projection (floor)", "mt": "Linear fit (floor)", "both": "Linear fit + projection (floor)"}
 
 
 @dataclass(frozen=True)
@@ -167,21 +179,39 @@ def _previous_seconds(work: Path) -> dict:
     return {row["method"]: row["seconds_per_volume"] for row in json.loads(path.read_text())["table"]}
 
 
-def predict_methods(inputs: Path, predictions: Path, degradation: dict, *, steps: int, device, seed: int,
-                    previous: dict | None = None, previews: bool = True) -> dict:
-    """Every method's predictions of the low-resolution FLAIR files in `inputs` into predictions/<method.folder>;
-    returns {method name: mean seconds per volume} (from `previous` for a method that had nothing left to do)."""
+def _baseline(method: Method, inputs: Path, output: Path, degradation: dict | None, fit: dict | None) -> int:
+    """Write a baseline's outputs of every case in `inputs`; returns the number of cases."""
+    if method.baseline == "trilinear":
+        files = {p.name[: -len("_0003.nii.gz")]: p for p in sorted(inputs.glob("*_0003.nii.gz"))}
+        trilinear_folder(files, output, degradation, project=method.project)
+        return len(files)
+    if fit is None:
+        raise DemoSetupError(f"{method.name} needs the linear fit of the training cases (fit_linear_map).")
+    channels = [*fit["inputs"], *([fit["target"]] if fit["degradation"] else [])]
+    first = f"_{channels[0]:04d}.nii.gz"
+    cases = {p.name[: -len(first)]: {c: inputs / p.name.replace(first, f"_{c:04d}.nii.gz") for c in channels}
+             for p in sorted(inputs.glob(f"*{first}"))}
+    linear_map_folder(cases, output, fit, project=method.project)
+    return len(cases)
+
+
+def predict_methods(inputs: Path, predictions: Path, degradation: dict | None, *, steps: int, device, seed: int,
+                    previous: dict | None = None, previews: bool = True, task: str = TASK,
+                    fit: dict | None = None) -> dict:
+    """Every method of `task` on the prediction inputs in `inputs` into predictions/<method.folder>; returns
+    {method name: mean seconds per volume} (from `previous` for a method that had nothing left to do).
+
+    `fit` (fit_linear_map of the training cases) is what the MT / both floors need."""
     seconds, previous = {}, previous or {}
-    for method in METHODS:
+    for method in TASK_METHODS[task]:
         output = predictions / method.folder
         if method.configuration is None:
             started = time.time()
-            files = {p.name[: -len("_0003.nii.gz")]: p for p in sorted(inputs.glob("*_0003.nii.gz"))}
-            trilinear_folder(files, output, degradation, project=method.project)
-            seconds[method.name] = (time.time() - started) / max(len(files), 1)
+            count = _baseline(method, inputs, output, degradation, fit)
+            seconds[method.name] = (time.time() - started) / max(count, 1)
             continue
         predictor = DiffensPredictor(steps=steps, seed=seed, device=device, progress=False, previews=previews)
-        predictor.initialize_from_trained_model(DEMO_DATASET_ID, TASK, method.configuration, fold="all",
+        predictor.initialize_from_trained_model(DEMO_DATASET_ID, task, method.configuration, fold="all",
                                                 experts=list(method.experts) if method.experts else None)
         summary = predictor.predict_from_files(inputs, output, continue_prediction=True)
         done = [row for row in summary["cases"] if row["status"] == "done"]
@@ -193,12 +223,13 @@ def predict_methods(inputs: Path, predictions: Path, degradation: dict, *, steps
     return seconds
 
 
-def evaluate_methods(references: Path, predictions: Path, evaluations: Path, *, mmd: bool = True) -> dict:
+def evaluate_methods(references: Path, predictions: Path, evaluations: Path, *, mmd: bool = True,
+                     task: str = TASK) -> dict:
     """evaluate_folders of every method's predictions/<folder> against the reference FLAIR (channel 3) files."""
     return {method.name: evaluate_folders(references, predictions / method.folder,
                                           output_file=evaluations / f"{method.folder}.json", ref_channel=3,
                                           num_processes=1, mmd=mmd, verbose=False)
-            for method in METHODS}
+            for method in TASK_METHODS[task]}
 
 
 def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "full", num_processes: int = 2,

@@ -29,6 +29,7 @@ from diffens_auto.model_folder.location import (ModelFolderError, ModelLocation,
                                                 plans_names_in_results)
 from diffens_auto.model_folder.recorded_experts import recorded_expert_files
 from diffens_auto.planning.plans_file import load_plans
+from diffens_auto.tasks.fusion import in_ensembler_space
 
 EXPERT_STRATEGIES = ("average", "tpdm")
 
@@ -193,8 +194,9 @@ def _load_ensembler(request: LoadRequest, plans: dict) -> TrainedModel:
     records, runners = [_record("ensembler", location.configuration, path)], {}
     for expert, expert_path, sha256 in recorded_expert_files(state, location.dataset_results,
                                                              location.configuration):
-        runners[expert["name"]] = _expert_runner(expert_path, expert["name"], request,
-                                                 expert.get("condition_indices"))
+        runner = _expert_runner(expert_path, expert["name"], request, expert.get("condition_indices"))
+        # a fusion ensembler's expert of another task runs converted into this task's space
+        runners[expert["name"]] = in_ensembler_space(runner, plans, location.task, expert.get("task", location.task))
         records.append(_record("expert", expert["name"], expert_path, sha256))
     ensembler = model_from_checkpoint(state, "ema", request.device).requires_grad_(False)
     strategy = build_strategy("learned", runners, ensembler)

@@ -31,6 +31,7 @@ from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.padding import unpad
 from diffens_auto.diffusion.prediction import as_eps_denoiser
+from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
 from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
@@ -171,6 +172,8 @@ class DiffensPredictor:
         condition = case.condition.to(self.device)
         hook = self._x0_hook(case)
         outputs = []
+        # experts of another task's space (a fusion ensembler) need the case's target normalisation
+        set_case_params(model.runners.values(), [[case.target_params["center"], case.target_params["half_range"]]])
         denoiser = as_eps_denoiser(model.strategy, self.sampler.schedule, task_plans.get("prediction", "epsilon"))
         for i in range(self.sampling.num_samples):
             y0 = sample(denoiser, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,

@@ -84,8 +84,10 @@ def model_from_checkpoint(checkpoint: dict, weights: str = "ema", device="cpu") 
         model = build_expert(checkpoint["network"])
     else:
         names = [e["name"] for e in checkpoint["experts"]]
-        model = Ensembler(checkpoint["network"], names, [e["parametrization"] for e in checkpoint["experts"]],
-                          checkpoint["ensembler_lambda"])
+        # experts of another task's space run converted into the ensembler's: it fuses its own task's quantity
+        fused = checkpoint.get("parametrization")
+        parametrizations = [fused] * len(names) if fused else [e["parametrization"] for e in checkpoint["experts"]]
+        model = Ensembler(checkpoint["network"], names, parametrizations, checkpoint["ensembler_lambda"])
     state = checkpoint["ema"]["weights"] if weights == "ema" else checkpoint["model"]
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -1,6 +1,6 @@
 """diffens_benchmark: figures of the pipeline (`core`: one denoising step per strategy; `training`: training
 iterations per second with the real loader against pre-loaded tensors; `quality`: the SR methods' learning curves
-on held-out phantoms)."""
+on held-out phantoms, for sr, mt or both)."""
 import argparse
 import json
 
@@ -14,7 +14,8 @@ def benchmark_entry() -> None:
     parser.add_argument("what", choices=["core", "training", "quality"],
                         help="core: one denoising step per ensembling strategy; training: iterations per second with "
                              "the real loader and augmentation vs pre-loaded tensors (expert and ensembler); "
-                             "quality: PSNR/SSIM of every SR method on held-out phantoms against training minutes")
+                             "quality: PSNR/SSIM of every method of a task on held-out phantoms against training "
+                             "minutes")
     parser.add_argument("--volume", type=int, default=64, help="edge of the cubic test volume (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure, median reported (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -22,9 +23,13 @@ def benchmark_entry() -> None:
                         help="training: timed iterations per figure, after one warm-up (default 10)")
     parser.add_argument("--minutes", type=float, default=15.0,
                         help="quality: total training minutes, split over the learning curve's points (default 15)")
-    parser.add_argument("--work", default="diffens_benchmark_quality",
+    parser.add_argument("--task", default="sr", choices=("sr", "mt", "both"),
+                        help="quality: the demo task (default sr; mt and both are compared with a linear fit of "
+                             "their inputs)")
+    parser.add_argument("--work", default=None,
                         help="quality: work folder (data, models, predictions, quality_table.md, quality_curve.png; "
-                             "a re-run resumes). Default ./diffens_benchmark_quality")
+                             "a re-run resumes). Default ./diffens_benchmark_quality (sr), "
+                             "./diffens_benchmark_quality_TASK otherwise")
     parser.add_argument("--test_cases", type=int, default=None, help="quality: held-out phantoms (default 8)")
     parser.add_argument("--smoke", action="store_true", help="quality: tiny phantoms and 3 steps (CI)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="quality: default cpu")
@@ -75,10 +80,11 @@ def _quality(args) -> None:
     from diffens_auto.benchmarking.quality import benchmark_quality, format_quality_table
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = benchmark_quality(args.work, args.minutes, smoke=args.smoke, device=args.device,
-                                num_test_cases=args.test_cases)
+    work = args.work or ("diffens_benchmark_quality" if args.task == "sr" else f"diffens_benchmark_quality_{args.task}")
+    results = benchmark_quality(work, args.minutes, smoke=args.smoke, device=args.device,
+                                num_test_cases=args.test_cases, task=args.task)
     print(format_quality_table(results))
-    print(f"Table, plot and figures: {args.work}/quality_table.md, quality_curve.png, quality.json")
+    print(f"Table, plot and figures: {work}/quality_table.md, quality_curve.png, quality.json")
     if args.o:
         atomic_write_json(results, args.o)
         print(f"Figures written to {args.o}")

@@ -76,18 +76,21 @@ def _ensembler_parts(run: RunSpec, device):
     locations = check_experts_trained(specs, run.location)
     frozen = load_frozen_experts(specs, locations, run.plans, configuration=run.configuration, task=run.task,
                                  device=device)
-    task_plans = run.plans["tasks"][run.task]
-    parametrization, prediction = task_plans["parametrization"], task_plans.get("prediction", "epsilon")
     for expert in frozen:
+        # each expert against ITS task's plans; one of another task's space runs converted into this one's
         record = expert.record
+        expert_plans = run.plans["tasks"][record["task"]]
+        parametrization, prediction = expert_plans["parametrization"], expert_plans.get("prediction", "epsilon")
         expert_prediction = record.get("prediction", "epsilon")
         if record["parametrization"] != parametrization or expert_prediction != prediction:
             raise ExpertMismatchError(f"Expert {record['name']} predicts {expert_prediction} of "
-                                      f"'{record['parametrization']}' but task '{run.task}' uses {prediction} of "
-                                      f"'{parametrization}'. Fix: retrain the expert with the current plans.")
+                                      f"'{record['parametrization']}' but task '{record['task']}' uses {prediction} "
+                                      f"of '{parametrization}'. Fix: retrain the expert with the current plans.")
     network = ensembler_network(run.plans, run.configuration, run.task, specs)
-    model = Ensembler(network, [s.name for s in specs], [e.record["parametrization"] for e in frozen],
-                      run.plans["tasks"][run.task].get("ensembler_lambda", 1.0))
+    task_plans = run.plans["tasks"][run.task]
+    # what the ensembler fuses: every expert's output in this task's space
+    model = Ensembler(network, [s.name for s in specs], [task_plans["parametrization"]] * len(frozen),
+                      task_plans.get("ensembler_lambda", 1.0))
     return frozen, network, model
 
 

@@ -1,4 +1,4 @@
-"""Data augmentation for diffusion training, in the order of issue 4 (the loader calls the steps in this order).
+"""Data augmentation for diffusion training, in the order the loader calls the steps.
 
 1. **Placement** (`draw_block_offset`, `place_in_crop`): the case is padded to the plans' crop with each channel's
    background value, at an offset that is a multiple of the degradation factor: random when training (this is

@@ -14,9 +14,11 @@ Each sample (see augmentation.py for the transforms):
        then the expert's position channels (coordinates of the padded crop, slicing.position_channels) when its
        network plans them.
 
-Batches (ISSUE4): expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions, a, b)};
+Batches: expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions, a, b)};
 ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z), "positions": (B, 3, X, Y, Z) (the patch's cut
-of the crop-wide coordinates, for experts planned with position channels)}; float32 torch tensors.
+of the crop-wide coordinates, for experts planned with position channels), "target_params": (B, 2) (each case's
+[center, half_range] of the target in the task's normalisation, for experts of another task's space)}; float32
+torch tensors.
 
 Determinism: every draw comes from np.random.default_rng([seed, epoch, worker]), so a loader built with the same
 (seed, epoch) yields the same batches; with workers > 0, batchgenerators' MultiThreadedAugmenter collects them
@@ -38,7 +40,7 @@ from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.diffusion.slicing import context_stack, position_channels, slices_of
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import make_condition, task_background, task_volumes
+from diffens_auto.tasks.conditioning import make_condition, task_background, task_normalization, task_volumes
 from diffens_auto.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial, block_step,
                                                 draw_block_offset, draw_placement, intensity_transforms, place_in_crop)
 
@@ -91,10 +93,13 @@ class _VolumeSampler(SlimDataLoaderBase):
         """Start the stream of another epoch."""
         self.epoch, self._rng = int(epoch), None
 
-    def case_sample(self, rng: np.random.Generator) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """(case id, y0 (1, *volume_shape), condition (n_cond, *volume_shape)) of a random, augmented case."""
+    def case_sample(self, rng: np.random.Generator) -> tuple[str, torch.Tensor, torch.Tensor, np.ndarray]:
+        """(case id, y0 (1, *volume_shape), condition (n_cond, *volume_shape), target params) of a random,
+        augmented case; target params = [center, half_range] of the target in the task's normalisation."""
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         data, _, properties = load_case(self.data_folder, case_id, mmap=True)
+        params = task_normalization(properties, self.plans, self.task)[0][1]
+        target_params = np.array([params["center"], params["half_range"]], dtype=np.float32)
         target, inputs = task_volumes(data, properties, self.plans, self.task)
         background = task_background(properties, self.plans, self.task)
         volume = np.concatenate([target, inputs])
@@ -104,7 +109,7 @@ class _VolumeSampler(SlimDataLoaderBase):
         volume = augment_spatial(volume, background, self.step, self.settings, rng)
         stacked = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
         condition, y0 = make_condition(stacked[:, :1], stacked[:, 1:], self.task_plans)
-        return case_id, y0[0], condition[0]
+        return case_id, y0[0], condition[0], target_params
 
     def generate_train_batch(self) -> dict:
         """{"y0", "condition"} as float32 numpy arrays, plus "case_ids" (the loader takes it off)."""
@@ -131,7 +136,7 @@ class ExpertBatchSampler(_VolumeSampler):
         rng, dim = self.rng, 2 + self.slice_axis
         y0s, conditions, case_ids = [], [], []
         for _ in range(self.batch_size // self.slices_per_case):
-            case_id, y0, condition = self.case_sample(rng)
+            case_id, y0, condition, _ = self.case_sample(rng)
             picked = rng.choice(self.volume_shape[self.slice_axis], self.slices_per_case, replace=False)
             idx = torch.from_numpy(np.sort(picked).astype(np.int64))
             y0s.append(slices_of(y0[None].index_select(dim, idx), self.slice_axis).numpy())
@@ -168,11 +173,12 @@ class EnsemblerBatchSampler(_VolumeSampler):
 
     def generate_train_batch(self) -> dict:
         rng = self.rng
-        y0s, conditions, positions, case_ids = [], [], [], []
+        y0s, conditions, positions, case_ids, target_params = [], [], [], [], []
         # Experts planned with position channels saw crop-wide coordinates: a patch gets its cut of them.
         coords = position_channels(self.volume_shape)[0]
         for _ in range(self.batch_size):
-            case_id, y0, condition = self.case_sample(rng)
+            case_id, y0, condition, params = self.case_sample(rng)
+            target_params.append(params)
             start = [draw_block_offset(v - p, s, rng, centred=not self.settings.random_placement)
                      for v, p, s in zip(self.volume_shape, self.patch_size, self.step)]
             window = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size))
@@ -182,7 +188,7 @@ class EnsemblerBatchSampler(_VolumeSampler):
             positions.append(coords[(slice(None),) + window].numpy())
             case_ids.append(case_id)
         return {"y0": np.stack(y0s), "condition": np.stack(conditions), "positions": np.stack(positions),
-                "case_ids": np.array(case_ids)}
+                "target_params": np.stack(target_params), "case_ids": np.array(case_ids)}
 
 
 class _BatchLoader:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.errors import DiffensError
 from diffens_auto.hashing import file_sha256
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint, model_from_checkpoint
@@ -20,6 +21,7 @@ from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.planning import network_for_task
 from diffens_auto.planning.topology import ensembler_in_channels, ensembler_out_channels, feature_injection
+from diffens_auto.tasks.fusion import in_ensembler_space, space_conversion
 
 
 class ExpertsNotTrainedError(DiffensError, FileNotFoundError):
@@ -85,15 +87,7 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
     ens, exp = plans["tasks"][ensembler_task], plans["tasks"][expert_task]
     if expert_task == ensembler_task:
         return None
-    problems = []
-    defaults = {"prediction": "epsilon", "residual_scale": None}
-    keys = ["target", "parametrization", "target_normalization", "prediction"]
-    if exp["parametrization"] == "epsilon_residual":
-        keys.append("residual_scale")          # the residual's scale is part of what is predicted
-    for key in keys:
-        mine, theirs = exp.get(key, defaults.get(key)), ens.get(key, defaults.get(key))
-        if mine != theirs:
-            problems.append(f"{key} {mine!r} (task '{expert_task}') vs {theirs!r} (task '{ensembler_task}')")
+    _, problems = space_conversion(plans, ensembler_task, expert_task)
     if exp["degradation"] and exp["degradation"] != ens["degradation"]:
         problems.append(f"degradation {exp['degradation']} (task '{expert_task}') vs {ens['degradation']} "
                         f"(task '{ensembler_task}'): the degraded-target condition would mean something else")
@@ -104,10 +98,8 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
     if problems:
         raise ExpertMismatchError(
             f"Experts of task '{expert_task}' cannot be fused into an ensembler for task '{ensembler_task}': "
-            + "; ".join(problems) + ". The ensembler fuses noise estimates of ONE quantity: fuse experts of tasks "
-            "with the same target, parametrization, target_normalization and prediction (e.g. set both tasks' "
-            "'parametrization' to 'epsilon_target', 'target_normalization' to 'dataset' and 'prediction' to the "
-            "same value in the plans file, then retrain the experts).")
+            + "; ".join(problems) + ". Fix: fuse experts of tasks with the same target whose conditions are "
+            "conditions of the ensembler's task (the planned sr and mt tasks fuse into both).")
     return [ens["condition_channels"].index(c) for c in exp["condition_channels"]]
 
 
@@ -147,8 +139,9 @@ def load_frozen_experts(specs, locations: list[ModelLocation], plans: dict, *, c
         checkpoint = load_checkpoint(path, map_location="cpu")
         expert = model_from_checkpoint(checkpoint, "ema", device).requires_grad_(False)
         indices = condition_indices(plans, task, spec.task)
-        runner = ExpertRunner.from_network(expert, checkpoint["network"], checkpoint["slice_axis"], slice_batch_size,
-                                           condition_indices=indices, name=spec.name)
+        runner = in_ensembler_space(ExpertRunner.from_network(expert, checkpoint["network"], checkpoint["slice_axis"],
+                                                              slice_batch_size, condition_indices=indices,
+                                                              name=spec.name), plans, task, spec.task)
         record = {"name": spec.name, "task": spec.task, "configuration": spec.configuration,
                   # relative to the dataset's results folder: TASK/CONFIG__PLANS/fold_F/checkpoint_final.pth
                   "checkpoint": location.relative(path),
@@ -176,8 +169,14 @@ def check_expert_hashes(recorded: list[dict], loaded: list[FrozenExpert]) -> Non
 
 
 @torch.no_grad()
-def run_experts(experts: list[FrozenExpert], y_t, condition, t, *, want_features: bool, positions=None):
-    """Every expert over every slice of the volume: eps list and {name: restacked features} (Eq. 4)."""
+def run_experts(experts: list[FrozenExpert], y_t, condition, t, *, want_features: bool, positions=None,
+                target_params=None):
+    """Every expert over every slice of the volume: eps list and {name: restacked features} (Eq. 4).
+
+    `target_params` (B, 2): each case's [center, half_range] of the ensembler task's target normalisation, what
+    an expert of another task's space needs (ConvertedRunner).
+    """
+    set_case_params([expert.runner for expert in experts], target_params)
     eps_list, features = [], {}
     for expert in experts:
         eps, maps = expert.runner(y_t, condition, t, want_features=want_features, positions=positions)

@@ -27,5 +27,5 @@ class EnsemblerObjective:
 
     def __call__(self, model, batch: dict, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps_list, features = run_experts(self.experts, y_t, batch["condition"], t, want_features=self.want_features,
-                                         positions=batch.get("positions"))
+                                         positions=batch.get("positions"), target_params=batch.get("target_params"))
         return model(batch["condition"], y_t, eps_list, t, features)

@@ -22,9 +22,11 @@ from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.diagnostic import bucket_timesteps, timestep_errors
 from diffens_auto.diffusion.prediction import as_eps_denoiser
 from diffens_auto.diffusion.strategies import build_strategy
+from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.inference.model import TrainedModel
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import make_condition, target_from_y0, task_background, task_volumes
+from diffens_auto.tasks.conditioning import (make_condition, target_from_y0, task_background, task_normalization,
+                                             task_volumes)
 from diffens_auto.training.augmentation import block_step, draw_placement, place_in_crop
 
 NUM_BUCKETS = 10
@@ -43,7 +45,8 @@ def diagnosed_strategies(model: TrainedModel) -> dict:
 
 
 def case_sample(data_folder: Path, case_id: str, plans: dict, task: str):
-    """(y0, condition, region) of a preprocessed case centred in the crop, as the validation batches make them."""
+    """(y0, condition, region, target params) of a preprocessed case centred in the crop, as the validation batches
+    make them; target params = [[center, half_range]] of the target in the task's normalisation."""
     data, _, properties = load_case(data_folder, case_id)
     target, inputs = task_volumes(data, properties, plans, task)
     stacked = np.concatenate([target, inputs])
@@ -54,7 +57,8 @@ def case_sample(data_folder: Path, case_id: str, plans: dict, task: str):
     condition, y0 = make_condition(placed[:, :1], placed[:, 1:], task_plans)
     region = (slice(None), slice(None)) + tuple(slice(max(o, 0), min(o + n, c))
                                                 for o, n, c in zip(offset, stacked.shape[1:], crop))
-    return y0, condition, region
+    params = task_normalization(properties, plans, task)[0][1]
+    return y0, condition, region, [[params["center"], params["half_range"]]]
 
 
 def _psnr(mse: float, data_range: float) -> float | None:
@@ -71,7 +75,8 @@ def timestep_diagnostic(model: TrainedModel, data_folder: Path, cases: list[str]
                   for name, strategy in diagnosed_strategies(model).items()}
     sums = {name: {"x0_psnr": [], "eps_mse": []} for name in [*strategies, TRIVIAL]}
     for index, case in enumerate(sorted(cases)):
-        y0, condition, region = case_sample(data_folder, case, model.plans, model.task)
+        y0, condition, region, target_params = case_sample(data_folder, case, model.plans, model.task)
+        set_case_params(model.runners.values(), target_params)
         y0, condition = y0.to(device), condition.to(device)
         noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(seed + index)).to(device)
 

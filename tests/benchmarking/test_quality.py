@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from diffens_auto.benchmarking.quality import (FLOOR, SMOKE, QualityBenchmarkError, QualitySettings, benchmark_quality,
+from diffens_auto.benchmarking.quality import (SMOKE, QualityBenchmarkError, QualitySettings, benchmark_quality,
                                                iteration_plan, paired_statistics, point_minutes)
-from diffens_auto.demo.pipeline import METHODS
+from diffens_auto.demo.pipeline import FLOORS, METHODS, TASK_METHODS
+
+FLOOR = FLOORS["sr"]
 
 
 def test_the_budget_is_split_1_2_4_and_shared_by_experts_and_ensembler():
@@ -47,6 +49,23 @@ def test_smoke_run_writes_table_plot_and_resumes(tmp_path):
     assert again["points"] == results["points"]
     with pytest.raises(QualityBenchmarkError, match="other settings or minutes"):
         benchmark_quality(work, minutes=2, smoke=True, verbose=False)
+
+
+@pytest.mark.parametrize("task", ["mt", "both"])
+def test_translation_tasks_are_compared_with_their_linear_fit_floor(tmp_path, task):
+    results = benchmark_quality(tmp_path / task, minutes=1, smoke=True, verbose=False, task=task)
+    fit = results["linear_fit"]
+    assert fit["inputs"] == [1] and fit["target"] == 3
+    assert ("up(A target)" in fit["weights"]) == (task == "both")
+    names = {m.name for m in TASK_METHODS[task]}
+    for point in results["points"]:
+        assert set(point["methods"]) == names and "Trilinear" not in names
+        floor = point["methods"][FLOORS[task]]["psnr"]
+        assert floor["minus_floor"] == 0.0 and math.isfinite(floor["mean"])
+    if task == "both":   # the projected fit beats the plain one: the measurement pins the block means
+        last = results["points"][-1]["methods"]
+        assert last[FLOORS[task]]["psnr"]["mean"] > last["Linear fit"]["psnr"]["mean"]
+    assert (tmp_path / task / "quality_table.md").read_text().startswith(f"{task}: ")
 
 
 def test_the_command_refuses_a_non_positive_budget(tmp_path):

@@ -4,16 +4,22 @@ import shutil
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from diffens_auto import paths
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.target_space import ConvertedRunner
 from diffens_auto.hashing import file_sha256
+from diffens_auto.imageio import read_image
+from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.model_folder.checkpoints import BEST, FINAL, LATEST, load_checkpoint, model_from_checkpoint
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.networks import Ensembler, build_expert
+from diffens_auto.operators import avgpool_downsample, degrade_image
 from diffens_auto.planning import network_for_task, plan_experiment
 from diffens_auto.run.train import train_entry
 from diffens_auto.training.errors import TrainingSetupError
@@ -110,9 +116,12 @@ def test_bad_requests_are_clear_errors(workspace):
     with pytest.raises(TrainingSetupError, match="-f 7"):
         resolve_run(DATASET, "sr", "2d_axial", fold=7, plans_name=PLANS)
     assert resolve_run(DATASET, "sr", "2d_axial", fold="all", plans_name=PLANS).output_folder.name == "fold_all"
-    # sr experts predict the SR residual, mt experts the target itself: not one quantity
-    with pytest.raises(ExpertMismatchError, match="parametrization"):
-        condition_indices(workspace.plans, "both", "mt")
+    # the mt ensembler has no degraded FLAIR: an sr expert cannot see its input, nor form its residual
+    with pytest.raises(ExpertMismatchError, match="condition channels \\[3\\] of task 'sr' are not conditions of task 'mt'"):
+        condition_indices(workspace.plans, "mt", "sr")
+    # sr and mt experts fuse into both with the default plans: each sees its own channels of both's conditions
+    assert condition_indices(workspace.plans, "both", "mt") == [0]
+    assert condition_indices(workspace.plans, "both", "sr") == [1]
 
 
 def test_schedules_of_experts_and_ensemblers(workspace):
@@ -130,19 +139,23 @@ def test_schedules_of_experts_and_ensemblers(workspace):
     assert [s.name for s in make_schedule(plans, "3d_ensembler", num_epochs=1).stages] == ["finetune"]
 
 
-def _fusion_plans(workspace) -> str:
-    """Plans where sr, mt and both all predict eps of the target in dataset normalisation (fusable)."""
-    plans = json.loads(json.dumps(workspace.plans))
-    plans["plans_name"] = name = "diffensPlans_tinyfusion"
-    for task in ("sr", "both"):
-        plans["tasks"][task].update(parametrization="epsilon_target", target_normalization="dataset",
-                                    prediction=plans["tasks"]["mt"]["prediction"])
-    (workspace.preprocessed / f"{name}.json").write_text(json.dumps(plans))
-    return name
+def _both_case(folder, degradation):
+    """A case for task both: T1ce (channel 1) at 2 mm and FLAIR (channel 3) degraded as the task does."""
+    generator = np.random.default_rng(5)
+    arrays, props = {}, {}
+    for channel in (1, 3):
+        array = np.zeros((16, 16, 12), np.float32)
+        array[2:14, 2:14, 2:10] = 100 + 50 * generator.random((12, 12, 8))
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(folder / f"case_{channel:04d}.nii.gz"))
+        arrays[channel], props[channel] = read_image(folder / f"case_{channel:04d}.nii.gz")
+    arrays[3], props[3] = degrade_image(arrays[3], props[3], degradation)
+    return arrays, props
 
 
-def test_fusion_ensembler_from_experts_of_other_tasks(workspace):
-    plans_name = _fusion_plans(workspace)
+def test_fusion_ensembler_from_experts_of_other_tasks(workspace, tmp_path):
+    plans_name = PLANS    # the default plans: sr (residual, v) and mt (target, eps) experts fuse as they are
     sr = train(DATASET, "sr", "2d_axial", plans_name=plans_name, **QUICK)
     mt = train(DATASET, "mt", "2d_sagittal", plans_name=plans_name, **QUICK)
     fusion = dict(experts=["sr:2d_axial", "mt:2d_sagittal"], name="3d_fusion", plans_name=plans_name, echo=False,
@@ -158,6 +171,18 @@ def test_fusion_ensembler_from_experts_of_other_tasks(workspace):
     assert checkpoint["network"]["in_channels"] == 2 + 1 + 2
     assert {e["expert"] for e in checkpoint["network"]["feature_injection"]} == set(records)
     model_from_checkpoint(checkpoint)
+    # and it predicts: an output on the T1ce grid whose blocks pool back to the measured FLAIR
+    predictor = DiffensPredictor(steps=3, progress=False).initialize_from_trained_model(
+        DATASET, "both", "3d_fusion", fold=0, plans_name=plans_name)
+    assert isinstance(predictor.model.runners["mt:2d_sagittal"], ConvertedRunner)
+    assert not isinstance(predictor.model.runners["sr:2d_axial"], ConvertedRunner)
+    degradation = workspace.plans["tasks"]["both"]["degradation"]
+    arrays, props = _both_case(tmp_path, degradation)
+    mean, _, _, _ = predictor.predict_volume(arrays, props)
+    assert mean.shape == arrays[1].shape and np.all(np.isfinite(mean))
+    pooled = avgpool_downsample(mean.astype(np.float64), degradation["factor"])
+    inside = arrays[3] != 0
+    assert np.abs(pooled - arrays[3])[inside].max() <= 1e-3 * float(arrays[3].max())
     # an expert retrained since: the fusion ensembler refuses to resume with it
     train(DATASET, "mt", "2d_sagittal", plans_name=plans_name, seed=1, **QUICK)
     assert file_sha256(mt / FINAL) != records["mt:2d_sagittal"]["sha256"]
