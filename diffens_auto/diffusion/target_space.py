@@ -68,11 +68,16 @@ class ConvertedRunner:
 
     def __getattr__(self, name):
         # name, slice_axis, position_channels, expert ...: what the strategies read off a runner
-        return getattr(self.__dict__["runner"], name)
+        runner = self.__dict__.get("runner")
+        if runner is None:
+            raise AttributeError(name)
+        return getattr(runner, name)
 
     def set_case(self, target_params) -> None:
         """The ensembler task's target normalisation of the case(s) sampled next: (B, 2) [center, half_range]."""
-        self._case_params = None if target_params is None else torch.as_tensor(target_params, dtype=torch.float64)
+        # on the CPU with the schedule: a handful of numbers per case
+        self._case_params = None if target_params is None else \
+            torch.as_tensor(target_params).detach().to("cpu", torch.float64)
 
     def _affine(self, batch: int):
         """(k, b) per batch element: the expert's normalisation x' = k x + b of the ensembler's x."""
