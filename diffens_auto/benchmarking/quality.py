@@ -148,9 +148,12 @@ def _calibrate(work: Path, configurations: list[str], settings: QualitySettings,
 
 def _check_work_folder(work: Path, record: dict) -> None:
     path = work / "quality_settings.json"
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record)):
-        raise QualityBenchmarkError(f"{work} holds a quality benchmark run with other settings or minutes. Fix: use "
-                                    "another --work folder, or delete it.")
+    wanted = json.loads(json.dumps(record))
+    if path.is_file() and json.loads(path.read_text()) != wanted:
+        held = json.loads(path.read_text())
+        differ = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
+        raise QualityBenchmarkError(f"{work} holds a quality benchmark run with other settings or minutes "
+                                    f"(differing: {', '.join(differ)}). Fix: use another --work folder, or delete it.")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, path)
 

@@ -169,6 +169,21 @@ class Learned:
         """Nothing to reset (stateless)."""
 
 
+class WithPositions:
+    """A strategy run with given position coordinates (a prepared case's frame) instead of its volume's own."""
+
+    def __init__(self, strategy, positions: torch.Tensor):
+        self.strategy, self.positions = strategy, positions
+        self.runners = strategy.runners
+
+    def __call__(self, y_t, condition, t, positions=None):
+        return self.strategy(y_t, condition, t, positions=self.positions if positions is None else positions)
+
+    def reset(self) -> None:
+        """Reset the wrapped strategy (TPDM's turn)."""
+        self.strategy.reset()
+
+
 class Windowed:
     """A strategy run on Gaussian-weighted sliding windows and blended (`sliding_window`).
 

@@ -131,9 +131,11 @@ class ConvertedRunner:
         y_prime, t_prime, ratio = self.expert_input(y_t, condition, t)
         output, features = self.runner(y_prime, condition, t_prime, want_features=want_features, positions=positions)
         view = (-1,) + (1,) * (y_t.ndim - 1)
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()     # the rescale can be large near t = 0: not in an autocast's half dtype
         if self.conversion.expert.prediction == "v":
-            output = self.schedule.eps_from_v(y_prime, output, t_prime)
-        eps = output / ratio.to(device=y_t.device, dtype=output.dtype).reshape(view)
+            output = self.schedule.eps_from_v(y_prime.to(output.dtype), output, t_prime)
+        eps = (output / ratio.to(device=y_t.device, dtype=output.dtype).reshape(view)).to(y_t.dtype)
         if self.conversion.ensembler.prediction == "v":
             t = timesteps_for(t, y_t.shape[0], y_t.device)
             # v = sqrt(a) eps - sqrt(1 - a) x0 with x0 = (y_t - sqrt(1 - a) eps) / sqrt(a)

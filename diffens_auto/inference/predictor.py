@@ -31,6 +31,7 @@ from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.padding import unpad
 from diffens_auto.diffusion.prediction import as_eps_denoiser
+from diffens_auto.diffusion.strategies import WithPositions
 from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
@@ -44,6 +45,7 @@ from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import operator_for
 from diffens_auto.tasks.conditioning import diffusion_for_task, target_from_y0, y0_from_target
+from diffens_auto.tasks.placement import block_step, case_positions
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
 RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_sha256", "checkpoints", "sampler",
@@ -174,7 +176,14 @@ class DiffensPredictor:
         outputs = []
         # experts of another task's space (a fusion ensembler) need the case's target normalisation
         set_case_params(model.runners.values(), [[case.target_params["center"], case.target_params["half_range"]]])
-        denoiser = as_eps_denoiser(model.strategy, self.sampler.schedule, task_plans.get("prediction", "epsilon"))
+        strategy = model.strategy
+        if any(getattr(runner, "position_channels", 0) for runner in model.runners.values()):
+            # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
+            unpadded = [n - a - b for n, (a, b) in zip(case.shape, case.pads)]
+            positions = case_positions(unpadded, case.pads, model.plans["crop_size"], block_step(task_plans),
+                                       device=self.device)
+            strategy = WithPositions(strategy, positions)
+        denoiser = as_eps_denoiser(strategy, self.sampler.schedule, task_plans.get("prediction", "epsilon"))
         for i in range(self.sampling.num_samples):
             y0 = sample(denoiser, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
                         x0_hook=hook, progress=self.progress, device=self.device)

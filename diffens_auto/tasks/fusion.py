@@ -58,7 +58,8 @@ def in_ensembler_space(runner, plans: Mapping, ensembler_task: str, expert_task:
     conversion, problems = space_conversion(plans, ensembler_task, expert_task)
     if problems:
         raise TaskPlansError(f"Expert {runner.name} (task '{expert_task}') cannot run in task '{ensembler_task}': "
-                             + "; ".join(problems) + ".")
+                             + "; ".join(problems) + ". Fix: fuse experts of tasks with the same target whose "
+                             "conditions the ensembler's task has (the planned sr and mt tasks fuse into both).")
     if conversion is None:
         return runner
     return ConvertedRunner(runner, conversion, NoiseSchedule.from_plans(plans["diffusion"]))

@@ -86,6 +86,13 @@ def _ensembler_parts(run: RunSpec, device):
             raise ExpertMismatchError(f"Expert {record['name']} predicts {expert_prediction} of "
                                       f"'{record['parametrization']}' but task '{record['task']}' uses {prediction} "
                                       f"of '{parametrization}'. Fix: retrain the expert with the current plans.")
+        changed = [key for key, value in record.get("space", {}).items()
+                   if value is not None and expert_plans.get(key) != value]
+        if changed:
+            raise ExpertMismatchError(f"Expert {record['name']} was trained with " + ", ".join(
+                f"{key} {record['space'][key]!r}" for key in changed) + f" but the plans of task '{record['task']}' "
+                "now say " + ", ".join(f"{expert_plans.get(key)!r}" for key in changed) + ". Fix: retrain the "
+                "expert with the current plans.")
     network = ensembler_network(run.plans, run.configuration, run.task, specs)
     task_plans = run.plans["tasks"][run.task]
     # what the ensembler fuses: every expert's output in this task's space

@@ -1,6 +1,6 @@
 """Data augmentation for diffusion training, in the order the loader calls the steps.
 
-1. **Placement** (`draw_block_offset`, `place_in_crop`): the case is padded to the plans' crop with each channel's
+1. **Placement** (`tasks/placement.py`: `draw_block_offset`, `place_in_crop`): the case is padded to the plans' crop with each channel's
    background value, at an offset that is a multiple of the degradation factor: random when training (this is
    the translation augmentation), nearest the centre for validation.
 2. **Spatial** (`augment_spatial`), on the stacked [target, inputs] volume, so target and inputs get the
@@ -90,42 +90,9 @@ class AugmentationSettings:
         return dataclasses.replace(self, **changes)
 
 
-def block_step(task_plans: Mapping) -> tuple[int, int, int]:
-    """The task's degradation factor per axis ((1, 1, 1) without a degradation): the grid spatial moves keep."""
-    degradation = task_plans.get("degradation")
-    return tuple(int(f) for f in degradation["factor"]) if degradation else (1, 1, 1)
-
-
 # ---------------------------------------------------------------- placement (translation) and patches
-
-
-def draw_block_offset(slack: int, step: int, rng: np.random.Generator, centred: bool = False) -> int:
-    """A multiple of `step` in [0, slack] (slack >= 0) or [slack, 0] (slack < 0): uniform, or nearest slack / 2."""
-    lo, hi = (0, slack // step) if slack >= 0 else (-(-slack // step), 0)
-    k = int(np.clip(np.floor(slack / (2 * step) + 0.5), lo, hi)) if centred else int(rng.integers(lo, hi + 1))
-    return k * step
-
-
-def draw_placement(case_shape: Sequence[int], crop_shape: Sequence[int], step: Sequence[int],
-                   rng: np.random.Generator, centred: bool = False) -> tuple[int, ...]:
-    """Offset of a case in the crop per axis, a multiple of the factor (negative: a larger case is cut)."""
-    return tuple(draw_block_offset(int(c) - int(n), int(s), rng, centred)
-                 for n, c, s in zip(case_shape, crop_shape, step))
-
-
-def place_in_crop(volume: np.ndarray, crop_shape: Sequence[int], offset: Sequence[int],
-                  fill: Sequence[float]) -> np.ndarray:
-    """(C, X, Y, Z) -> (C, *crop_shape): the volume at `offset`, channel c filled with fill[c] around it."""
-    crop_shape = tuple(int(n) for n in crop_shape)
-    out = np.empty((volume.shape[0],) + crop_shape, dtype=np.float32)
-    out[...] = np.asarray(fill, dtype=np.float32).reshape(-1, 1, 1, 1)
-    source, target = [slice(None)], [slice(None)]
-    for n, c, o in zip(volume.shape[1:], crop_shape, offset):
-        start, stop = max(o, 0), min(o + n, c)
-        target.append(slice(start, max(stop, start)))
-        source.append(slice(start - o, max(stop, start) - o))
-    out[tuple(target)] = volume[tuple(source)]
-    return out
+# block_step, draw_block_offset, draw_placement and place_in_crop live in tasks/placement.py: prediction places a
+# case in the crop's coordinate frame the way validation does.
 
 
 # ---------------------------------------------------------------- spatial

@@ -41,8 +41,9 @@ from diffens_auto.diffusion.slicing import context_stack, position_channels, sli
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
 from diffens_auto.tasks.conditioning import make_condition, task_background, task_normalization, task_volumes
-from diffens_auto.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial, block_step,
-                                                draw_block_offset, draw_placement, intensity_transforms, place_in_crop)
+from diffens_auto.tasks.placement import block_step, draw_block_offset, draw_placement, place_in_crop
+from diffens_auto.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial,
+                                                intensity_transforms)
 
 
 class _VolumeSampler(SlimDataLoaderBase):

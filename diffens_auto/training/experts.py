@@ -148,6 +148,9 @@ def load_frozen_experts(specs, locations: list[ModelLocation], plans: dict, *, c
                   "sha256": sha256, "slice_axis": int(checkpoint["slice_axis"]),
                   "network": checkpoint["network"], "parametrization": checkpoint["parametrization"],
                   "prediction": checkpoint.get("task_plans", {}).get("prediction", "epsilon"),
+                  # what the conversion into the ensembler's space reads from the plans: checked against them
+                  "space": {key: checkpoint.get("task_plans", {}).get(key)
+                            for key in ("residual_scale", "target_normalization")},
                   "condition_indices": indices, "epoch": int(checkpoint["epoch"])}
         loaded.append(FrozenExpert(runner, record))
     return loaded

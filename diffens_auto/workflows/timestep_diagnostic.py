@@ -27,7 +27,7 @@ from diffens_auto.inference.model import TrainedModel
 from diffens_auto.preprocessing.storage import load_case
 from diffens_auto.tasks.conditioning import (make_condition, target_from_y0, task_background, task_normalization,
                                              task_volumes)
-from diffens_auto.training.augmentation import block_step, draw_placement, place_in_crop
+from diffens_auto.tasks.placement import block_step, draw_placement, place_in_crop
 
 NUM_BUCKETS = 10
 TRIVIAL = "trivial (x0 = 0)"

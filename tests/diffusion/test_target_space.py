@@ -4,6 +4,7 @@ import torch
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.target_space import ConvertedRunner, SpaceConversion, TargetSpace, set_case_params
+from diffens_auto.preprocessing.normalization import renormalize
 
 SCHEDULE = NoiseSchedule.linear(1000)
 SHAPE = (2, 1, 6, 5, 4)
@@ -32,13 +33,13 @@ def spaces_case(ensembler: TargetSpace, expert: TargetSpace, same_normalization:
     x = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
     u = torch.nn.functional.avg_pool3d(x, 3, 1, 1)
     condition = torch.cat([torch.randn(SHAPE, generator=generator, dtype=torch.float64), u], dim=1)
-    if same_normalization:
-        k, b = torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
-    else:
-        k = ENSEMBLER_PARAMS[:, 1] / EXPERT_PARAMS["half_range"]
-        b = (ENSEMBLER_PARAMS[:, 0] - EXPERT_PARAMS["center"]) / EXPERT_PARAMS["half_range"]
-    k, b = k.reshape(-1, 1, 1, 1, 1), b.reshape(-1, 1, 1, 1, 1)
-    x_expert, u_expert = k * x + b, k * u + b
+    def in_expert_normalisation(volume):
+        # the preprocessing's own map between two normalisations of one channel, case by case
+        if same_normalization:
+            return volume
+        return torch.cat([renormalize(volume[i:i + 1], {"center": float(c), "half_range": float(h)}, EXPERT_PARAMS)
+                          for i, (c, h) in enumerate(ENSEMBLER_PARAMS)])
+    x_expert, u_expert = in_expert_normalisation(x), in_expert_normalisation(u)
 
     def quantity(space, x_, u_):
         return space.residual_scale * (x_ - u_) if space.residual_scale is not None else x_

@@ -10,9 +10,9 @@ from diffens_auto.operators import AvgPoolSR, upsample_to_grid
 from diffens_auto.planning import network_for_task
 from diffens_auto.preprocessing.normalization import renormalize
 from diffens_auto.preprocessing.storage import load_properties
+from diffens_auto.tasks.placement import draw_block_offset, draw_placement, place_in_crop
 from diffens_auto.training.augmentation import (AugmentationSettings, BlockAlignedTransform, allowed_rot90_planes,
-                                                augment_intensity, augment_spatial, draw_block_aligned,
-                                                draw_block_offset, draw_placement, place_in_crop)
+                                                augment_intensity, augment_spatial, draw_block_aligned)
 from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
 
 EVERY_MOVE = AugmentationSettings(p_mirror=0.5, rot90_planes=((0, 1), (0, 2), (1, 2)), p_rot90=0.9,

@@ -9,7 +9,7 @@ from diffens_auto.diffusion.slicing import position_channels
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
 from diffens_auto.tasks.conditioning import make_condition, task_background, task_volumes
-from diffens_auto.training.augmentation import draw_placement, place_in_crop
+from diffens_auto.tasks.placement import draw_placement, place_in_crop
 from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
 
 EXPERTS = ["2d_axial", "2d_coronal", "2d_sagittal"]
