@@ -2,15 +2,25 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffens_auto.errors import DiffensError
 
-SUPPORTED_DEGRADATIONS = ("avgpool",)
+SUPPORTED_DEGRADATIONS = ("avgpool", "kspace")
 DEFAULT_SR_FACTOR = (4, 4, 4)
+KSPACE_MASKS = ("poisson", "uniform1d")
+KSPACE_DEFAULTS = {"acs": 12, "slice_axis": 2, "noise_std": 0.0, "mask_per_slice": False}
+_KSPACE_FIELDS = ("type", "mask", "acceleration", *KSPACE_DEFAULTS)
+# keys that ask for coil sensitivities or complex-valued objects, which the priors cannot represent
+_OUT_OF_SCOPE_KEY_PARTS = ("coil", "complex", "sensitiv")
+_KSPACE_SCOPE = ("k-space tasks are single-coil with real-valued objects: multi-coil and complex priors are out "
+                 "of scope")
+_AXIS_LETTERS = "xyz"
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -31,18 +41,42 @@ class DegradationSpec:
 
 
 @dataclass(frozen=True)
+class KSpaceDegradationSpec:
+    """Single-coil Cartesian undersampling of every slice along `slice_axis` (canonical X, Y, Z order)."""
+
+    mask: str
+    acceleration: float
+    acs: int = KSPACE_DEFAULTS["acs"]
+    slice_axis: int = KSPACE_DEFAULTS["slice_axis"]
+    noise_std: float = KSPACE_DEFAULTS["noise_std"]
+    mask_per_slice: bool = KSPACE_DEFAULTS["mask_per_slice"]
+
+    @property
+    def type(self) -> str:
+        """The degradation type, "kspace"."""
+        return "kspace"
+
+    def to_dict(self) -> dict:
+        """Return the JSON form used in plans, every default written out."""
+        return {"type": self.type, "mask": self.mask, "acceleration": self.acceleration, "acs": self.acs,
+                "slice_axis": self.slice_axis, "noise_std": self.noise_std, "mask_per_slice": self.mask_per_slice}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One translation task: which channel is produced from which channels and/or its own degraded version."""
 
     name: str
     target: int
     inputs: tuple[int, ...]
-    degradation: DegradationSpec | None
+    degradation: DegradationSpec | KSpaceDegradationSpec | None
 
     @property
     def condition_channels(self) -> tuple[int, ...]:
-        """Channels the condition is made of: the inputs, plus the target itself when it is degraded."""
-        return self.inputs + ((self.target,) if self.degradation is not None else ())
+        """Channels the condition is made of: the inputs, plus the target itself when it is average-pooled."""
+        # a k-space task's experts are unconditional priors: its measurement is not a condition channel
+        pooled = self.degradation is not None and self.degradation.type == "avgpool"
+        return self.inputs + ((self.target,) if pooled else ())
 
     @property
     def channels_needed(self) -> tuple[int, ...]:
@@ -75,10 +109,26 @@ class DatasetSpec:
 
 
 def degradation_key(degradation) -> str:
-    """Name a degradation (a DegradationSpec or its dict): {"type": "avgpool", "factor": [4, 4, 4]} -> "avgpool_4x4x4"."""
-    if isinstance(degradation, DegradationSpec):
+    """Name a degradation (a spec or its dict): "avgpool_4x4x4", "kspace_poisson_8x_acs12_z" (documented keys)."""
+    if not isinstance(degradation, Mapping):
         degradation = degradation.to_dict()
+    if degradation["type"] == "kspace":
+        return _kspace_key({**KSPACE_DEFAULTS, **degradation})
     return f"{degradation['type']}_{'x'.join(str(int(f)) for f in degradation['factor'])}"
+
+
+def _number_text(value) -> str:
+    """Shortest exact text of a number: 8.0 -> "8", 0.01 -> "0.01" (so different values never share a key)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _kspace_key(degradation: Mapping) -> str:
+    key = (f"kspace_{degradation['mask']}_{_number_text(degradation['acceleration'])}x_acs{int(degradation['acs'])}"
+           f"_{_AXIS_LETTERS[int(degradation['slice_axis'])]}")
+    if float(degradation["noise_std"]) != 0:
+        key += f"_noise{_number_text(degradation['noise_std'])}"
+    return key + ("_perslice" if degradation["mask_per_slice"] else "")
 
 
 def _fail(json_file: Path, field_name: str, problem: str, fix: str) -> DatasetError:
@@ -126,7 +176,7 @@ def _channel_index(value, channel_names: dict[int, str], json_file: Path, field_
                 f"use one of the channel names {sorted(by_name)} from channel_names")
 
 
-def _parse_degradation(raw, json_file: Path, field_name: str) -> DegradationSpec | None:
+def _parse_degradation(raw, json_file: Path, field_name: str) -> DegradationSpec | KSpaceDegradationSpec | None:
     if raw is None:
         return None
     if not isinstance(raw, dict) or "type" not in raw:
@@ -135,6 +185,8 @@ def _parse_degradation(raw, json_file: Path, field_name: str) -> DegradationSpec
     if raw["type"] not in SUPPORTED_DEGRADATIONS:
         raise _fail(json_file, f"{field_name}.type", f"unknown degradation {raw['type']!r}",
                     f"use one of {list(SUPPORTED_DEGRADATIONS)}")
+    if raw["type"] == "kspace":
+        return _parse_kspace(raw, json_file, field_name)
     factor = raw.get("factor", list(DEFAULT_SR_FACTOR))
     if isinstance(factor, int) and not isinstance(factor, bool):
         factor = [factor] * 3
@@ -143,6 +195,80 @@ def _parse_degradation(raw, json_file: Path, field_name: str) -> DegradationSpec
         raise _fail(json_file, f"{field_name}.factor", f"must be three positive integers, got {factor!r}",
                     "give the factor per canonical axis (X, Y, Z), e.g. [4, 4, 4] or [1, 1, 4]")
     return DegradationSpec(type=raw["type"], factor=tuple(factor))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        # an integer too large for a float
+        return False
+
+
+# per field of a kspace degradation: (valid?, what it must be, the fix)
+_KSPACE_CHECKS = {
+    "acceleration": (lambda v: _is_finite_number(v) and v > 1,
+                     "must be a finite number > 1 (all k-space points over the sampled ones)",
+                     'write e.g. "acceleration": 8'),
+    "acs": (lambda v: _is_int(v) and v >= 0,
+            "must be a non-negative integer (the fully sampled centre: lines for uniform1d, a square for poisson)",
+            'write e.g. "acs": 12, or 0 for no autocalibration region'),
+    "slice_axis": (lambda v: _is_int(v) and v in (0, 1, 2),
+                   "must be 0, 1 or 2 (the axis in canonical X, Y, Z order whose slices are undersampled)",
+                   'write 2 to undersample every axial slice (constant Z), 1 coronal slices, 0 sagittal slices'),
+    "noise_std": (lambda v: _is_finite_number(v) and v >= 0, "must be a finite number >= 0",
+                  'write e.g. "noise_std": 0.0 (noiseless measurements)'),
+    "mask_per_slice": (lambda v: isinstance(v, bool), "must be true or false",
+                       'write false (one mask for every slice) or true (its own mask for each slice)'),
+}
+
+
+def _check_kspace_keys(raw: dict, json_file: Path, field_name: str) -> None:
+    unknown = [key for key in raw if key not in _KSPACE_FIELDS]
+    out_of_scope = [key for key in unknown if any(part in str(key).lower() for part in _OUT_OF_SCOPE_KEY_PARTS)]
+    if out_of_scope:
+        raise _fail(json_file, f"{field_name}.{out_of_scope[0]}", _KSPACE_SCOPE,
+                    f"remove {out_of_scope} and give the target as single-coil, real-valued images")
+    if unknown:
+        raise _fail(json_file, f"{field_name}.{unknown[0]}",
+                    f"unknown key (a kspace degradation has only {list(_KSPACE_FIELDS)})",
+                    f"remove {unknown} or correct the spelling")
+    missing = [key for key in ("mask", "acceleration") if key not in raw]
+    if missing:
+        raise _fail(json_file, f"{field_name}.{missing[0]}", "missing (a kspace degradation needs 'mask' and "
+                    "'acceleration')", 'add e.g. "mask": "poisson", "acceleration": 8')
+
+
+def _parse_kspace(raw: dict, json_file: Path, field_name: str) -> KSpaceDegradationSpec:
+    _check_kspace_keys(raw, json_file, field_name)
+    if raw["mask"] not in KSPACE_MASKS:
+        raise _fail(json_file, f"{field_name}.mask", f"unknown mask {raw['mask']!r}: only the Cartesian masks "
+                    f"{list(KSPACE_MASKS)} are supported ({_KSPACE_SCOPE})",
+                    'write "mask": "poisson" (2D Poisson disc in every slice) or "uniform1d" (lines along one '
+                    'in-plane axis)')
+    values = {**KSPACE_DEFAULTS, **raw}
+    for key, (valid, problem, fix) in _KSPACE_CHECKS.items():
+        if not valid(values[key]):
+            raise _fail(json_file, f"{field_name}.{key}", f"{problem}, got {values[key]!r}", fix)
+    return KSpaceDegradationSpec(mask=values["mask"], acceleration=float(values["acceleration"]), acs=values["acs"],
+                                 slice_axis=values["slice_axis"], noise_std=float(values["noise_std"]),
+                                 mask_per_slice=values["mask_per_slice"])
+
+
+def _check_conditions(json_file: Path, where: str, inputs: tuple[int, ...], degradation) -> None:
+    if not inputs and degradation is None:
+        raise _fail(json_file, where, "has neither inputs nor a degradation, so there is nothing to condition on",
+                    "add 'inputs' (other channels) and/or a 'degradation' of the target")
+    if isinstance(degradation, KSpaceDegradationSpec) and inputs:
+        raise _fail(json_file, f"{where}.inputs", "a task with a kspace degradation reconstructs the target from "
+                    "its measurement alone (its experts are unconditional priors), so it takes no inputs",
+                    'write "inputs": [] (translate the other channels in a task of their own)')
 
 
 def _parse_tasks(raw: dict, channel_names: dict[int, str], json_file: Path) -> dict[str, TaskSpec]:
@@ -173,9 +299,7 @@ def _parse_tasks(raw: dict, channel_names: dict[int, str], json_file: Path) -> d
             raise _fail(json_file, f"{where}.inputs", "the target cannot also be an input",
                         "use a degradation to condition on the target itself")
         degradation = _parse_degradation(task.get("degradation"), json_file, f"{where}.degradation")
-        if not inputs and degradation is None:
-            raise _fail(json_file, where, "has neither inputs nor a degradation, so there is nothing to condition on",
-                        "add 'inputs' (other channels) and/or a 'degradation' of the target")
+        _check_conditions(json_file, where, inputs, degradation)
         tasks[name] = TaskSpec(name, target, inputs, degradation)
     return tasks
 
@@ -225,7 +349,8 @@ def load_dataset_json(dataset_folder: str | Path) -> DatasetSpec:
     channel_names = _parse_channel_names(raw, json_file)
     file_ending = raw.get("file_ending")
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
-        raise _fail(json_file, "file_ending", f"missing or invalid ({file_ending!r})", 'add e.g. "file_ending": ".nii.gz"')
+        raise _fail(json_file, "file_ending", f"missing or invalid ({file_ending!r})",
+                    'add e.g. "file_ending": ".nii.gz"')
     num_training = raw.get("numTraining")
     if not isinstance(num_training, int) or isinstance(num_training, bool) or num_training < 1:
         raise _fail(json_file, "numTraining", f"missing or invalid ({num_training!r})",

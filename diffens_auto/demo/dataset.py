@@ -1,4 +1,6 @@
-"""The synthetic demo dataset `DatasetXXX_DemoBrain`: multi-contrast brain phantoms, each sampled on its own grid.
+"""The synthetic demo datasets: `DatasetXXX_DemoBrain` (kind "brain", the default) and `DatasetXXX_DemoEllipses`.
+
+DemoBrain holds multi-contrast brain phantoms, each sampled on its own grid.
 
 Defaults (small enough that the tiny pipeline trains on a CPU): 10 cases, a field of view of 48 x 48 x 48 voxels
 of 1.5 mm (72 mm; the head, a miniature brain about 50-58 mm front to back, keeps >= 2 voxels + 1 mm of background
@@ -11,6 +13,10 @@ the first three cases hold an axis-aligned, an oblique and an anisotropic one:
 
 Every case has a random head centre (non-zero origins), head size, deformation, folding, tumour, bias field and
 channel gains, all drawn from a generator seeded by (seed, case index), so case i does not depend on num_cases.
+
+DemoEllipses (kind "ellipses") holds random 3D ellipsoid phantoms (`demo/ellipsoids.py`), the paper's ELLIPSES
+prior in 3D: one channel "T1", every case on the same axis-aligned RAS grid of `shape` x `spacing` centred on the
+world origin, no labels, and the single task `sr`. Case i is drawn from (seed, i) too.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import numpy as np
 
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json
+from diffens_auto.demo.ellipsoids import (EllipsoidPhantom, ellipsoid_grid, render_ellipsoid_phantom,
+                                          sample_ellipsoid_phantom)
 from diffens_auto.demo.phantom import (CHANNELS, TISSUES, FourierField, Grid, PhantomCase, render_case,
                                        wavelength_to_frequency)
 from diffens_auto.imageio import write_image
@@ -33,6 +41,11 @@ DEFAULT_SHAPE = (48, 48, 48)
 DEFAULT_SR_FACTOR = 4         # the paper's 4x isotropic setting
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 DEFAULT_NOISE = 0.02
+
+KINDS = ("brain", "ellipses")
+ELLIPSES_DATASET_NAME = "DemoEllipses"
+ELLIPSES_CHANNELS = ("T1",)
+_DATASET_NAMES = {"brain": DATASET_NAME, "ellipses": ELLIPSES_DATASET_NAME}
 
 ORIENTATION_CYCLE = ("RAS", "LPS", "PIR", "ASL")
 ANISOTROPIC_SPACING_FACTORS = (0.8, 0.8, 1.6)
@@ -47,7 +60,6 @@ _LETTER_VECTORS = {
     "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
     "S": (0.0, 0.0, 1.0), "I": (0.0, 0.0, -1.0),
 }
-_CASE_FILE = re.compile(rf"^{DATASET_NAME}_(\d+)(_\d{{4}})?{re.escape(FILE_ENDING)}$")
 
 
 def dataset_folder_name(dataset_id: int) -> str:
@@ -206,6 +218,52 @@ def demo_dataset_json(num_cases: int, description: str = "", sr_factor: int = DE
     }
 
 
+def sample_ellipsoid_case(
+    index: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    noise: float = DEFAULT_NOISE,
+) -> EllipsoidPhantom:
+    """Draw the index-th ellipsoid case (`DemoEllipses_XXX`) on the RAS grid of `shape` voxels x `spacing` mm."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    case_id = f"{ELLIPSES_DATASET_NAME}_{index:03d}"
+    return sample_ellipsoid_phantom(case_id, rng, ellipsoid_grid(shape, spacing), noise)
+
+
+def ellipsoid_cases(
+    num_cases: int = DEFAULT_NUM_CASES,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    noise: float = DEFAULT_NOISE,
+) -> list[EllipsoidPhantom]:
+    """The cases `make_demo_dataset(kind="ellipses")` writes with these arguments."""
+    return [sample_ellipsoid_case(i, seed, shape, spacing, noise) for i in range(num_cases)]
+
+
+def ellipsoid_dataset_json(num_cases: int, description: str = "", sr_factor: int = DEFAULT_SR_FACTOR) -> dict:
+    """The dataset.json of the ellipsoid dataset: one channel "T1", no labels, one task sr pooling sr_factor^3."""
+    return {
+        "name": ELLIPSES_DATASET_NAME,
+        "description": description or "Random 3D ellipsoid phantoms, the ELLIPSES prior in 3D (diffens_auto demo).",
+        "channel_names": {str(c): name for c, name in enumerate(ELLIPSES_CHANNELS)},
+        "numTraining": int(num_cases),
+        "file_ending": FILE_ENDING,
+        "tasks": {
+            "sr": {"target": ELLIPSES_CHANNELS[0], "inputs": [],
+                   "degradation": {"type": "avgpool", "factor": [int(sr_factor)] * 3}},
+        },
+    }
+
+
+def write_ellipsoid_case(phantom: EllipsoidPhantom, dataset_folder: str | os.PathLike) -> list[Path]:
+    """Render `phantom` on its grid and write imagesTr/CASE_0000.nii.gz (float32); there are no labels."""
+    path = Path(dataset_folder) / "imagesTr" / f"{phantom.case_id}_0000{FILE_ENDING}"
+    _write_array(render_ellipsoid_phantom(phantom), phantom.grid, path)
+    return [path]
+
+
 def write_case(case: PhantomCase, dataset_folder: str | os.PathLike) -> list[Path]:
     """Render `case` on its grid and write imagesTr/CASE_000C.nii.gz (float32) and labelsTr/CASE.nii.gz (uint8)."""
     dataset_folder = Path(dataset_folder)
@@ -238,29 +296,66 @@ def make_demo_dataset(
     seed: int = 0,
     noise: float = DEFAULT_NOISE,
     sr_factor: int = DEFAULT_SR_FACTOR,
+    kind: str = "brain",
 ) -> Path:
-    """Write `Dataset{id:03d}_DemoBrain` into `output_folder` (default: the raw folder) and return its path.
+    """Write `Dataset{id:03d}_DemoBrain` (kind "ellipses": `_DemoEllipses`) into `output_folder`; return its path.
 
-    Deterministic in its arguments (same seed, same bytes on one platform). Re-running overwrites the dataset's own files and
-    removes demo cases beyond `num_cases`; dataset.json is written last, so a dataset with one is complete.
+    `output_folder` defaults to the raw folder. Deterministic in its arguments (same seed, same bytes on one
+    platform). Re-running overwrites the dataset's own files and removes demo cases beyond `num_cases`;
+    dataset.json is written last, so a dataset with one is complete. The other kind's folder with the same id
+    is refused, since `-d ID` would then name two datasets.
     """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown demo dataset kind {kind!r}; use one of: {', '.join(KINDS)}.")
     _check_arguments(dataset_id, num_cases, shape, spacing, noise)
     if int(sr_factor) != sr_factor or not 1 < sr_factor < min(shape):
         raise ValueError(f"sr_factor must be an integer between 2 and the smallest size - 1, got {sr_factor}.")
     if output_folder is None:
         output_folder = paths.raw_folder()
-    folder = Path(output_folder) / dataset_folder_name(dataset_id)
-    cases = demo_cases(num_cases, seed, tuple(shape), tuple(spacing), noise)
+    _check_id_is_free(Path(output_folder), dataset_id, kind)
+    folder = Path(output_folder) / f"Dataset{dataset_id:03d}_{_DATASET_NAMES[kind]}"
+    write_cases = _write_ellipsoid_cases if kind == "ellipses" else _write_brain_cases
+    content = write_cases(folder, num_cases=num_cases, seed=seed, shape=tuple(shape), spacing=tuple(spacing),
+                          noise=noise, sr_factor=sr_factor)
+    atomic_write_json(content, folder / "dataset.json")
+    return folder
+
+
+def _write_brain_cases(folder: Path, *, num_cases, seed, shape, spacing, noise, sr_factor) -> dict:
+    """Write the brain cases (removing stale ones) and return their dataset.json."""
+    cases = demo_cases(num_cases, seed, shape, spacing, noise)
     for case in cases:
         write_case(case, folder)
-    _remove_stale_cases(folder, {case.case_id for case in cases})
+    _remove_stale_cases(folder, {case.case_id for case in cases}, DATASET_NAME)
     description = (
         "Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo): "
         f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
         "Labels are the phantom's tissues; every case has its own orientation, origin and spacing."
     )
-    atomic_write_json(demo_dataset_json(num_cases, description, sr_factor), folder / "dataset.json")
-    return folder
+    return demo_dataset_json(num_cases, description, sr_factor)
+
+
+def _write_ellipsoid_cases(folder: Path, *, num_cases, seed, shape, spacing, noise, sr_factor) -> dict:
+    """Write the ellipsoid cases (removing stale ones) and return their dataset.json."""
+    phantoms = ellipsoid_cases(num_cases, seed, shape, spacing, noise)
+    for phantom in phantoms:
+        write_ellipsoid_case(phantom, folder)
+    _remove_stale_cases(folder, {phantom.case_id for phantom in phantoms}, ELLIPSES_DATASET_NAME)
+    description = (
+        "Random 3D ellipsoid phantoms, the ELLIPSES prior in 3D (diffens_auto demo): "
+        f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
+        "Every case lies on the same axis-aligned grid and is exactly 0 outside a centred ball."
+    )
+    return ellipsoid_dataset_json(num_cases, description, sr_factor)
+
+
+def _check_id_is_free(output_folder: Path, dataset_id: int, kind: str) -> None:
+    """Refuse to write a demo dataset beside the other demo kind's folder with the same id."""
+    for other in KINDS:
+        clash = output_folder / f"Dataset{dataset_id:03d}_{_DATASET_NAMES[other]}"
+        if other != kind and clash.is_dir():
+            raise ValueError(f"{clash} already has dataset id {dataset_id}, so -d {dataset_id} would name two "
+                             "datasets; pass another dataset id or another output folder.")
 
 
 def _check_arguments(dataset_id, num_cases, shape, spacing, noise) -> None:
@@ -276,10 +371,11 @@ def _check_arguments(dataset_id, num_cases, shape, spacing, noise) -> None:
         raise ValueError(f"noise must be >= 0 (0 = noise-free), got {noise}.")
 
 
-def _remove_stale_cases(folder: Path, keep: set[str]) -> None:
-    """Delete demo case files (and only those) left by an earlier run with more cases."""
+def _remove_stale_cases(folder: Path, keep: set[str], name: str) -> None:
+    """Delete demo case files named `name`_XXX (and only those) left by an earlier run with more cases."""
+    case_file = re.compile(rf"^{name}_(\d+)(_\d{{4}})?{re.escape(FILE_ENDING)}$")
     for sub in ("imagesTr", "labelsTr"):
-        for path in sorted((folder / sub).glob(f"{DATASET_NAME}_*{FILE_ENDING}")):
-            match = _CASE_FILE.match(path.name)
-            if match and f"{DATASET_NAME}_{match.group(1)}" not in keep:
+        for path in sorted((folder / sub).glob(f"{name}_*{FILE_ENDING}")):
+            match = case_file.match(path.name)
+            if match and f"{name}_{match.group(1)}" not in keep:
                 path.unlink()

@@ -30,6 +30,7 @@ from .schedule import NoiseSchedule
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "guided")
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
 SAMPLERS = ("ddim", "ddpm")
+ETA_CONVENTIONS = ("ddim", "dds")
 # clip_x0 = true in the plans: data are normalised so that the robust foreground range maps to about [-1, 1];
 # tails beyond the 0.5/99.5 percentiles and the zero background (-(p0.5 + p99.5) / (p99.5 - p0.5), about -1 to
 # -1.5 for MRI) go further, and an SR residual (target - up(LR)) / 2 stays within the same bound. 2 keeps all
@@ -215,23 +216,39 @@ class DDIMSampler(RespacedSampler):
     (y_t - sqrt(a) x0_hat) / sqrt(1 - a) (guided-diffusion's ddim_sample, diffusers'
     `use_clipped_model_output=True`). Without clipping and hook the two coincide up to rounding.
 
+    `eta_convention="dds"` reads eta as the released DDS and D3IP samplers do (eta in [0, 1]; D3IP Eq. 7 writes
+    eta eps + (1 - eta) eps_theta, which this variance-preserving form replaces):
+
+        sigma  = eta * sqrt(1 - a')
+        y_prev = sqrt(a') x0_hat + sqrt(1 - eta^2) * sqrt(1 - a') * eps_dir + sigma * z
+
+    The same noise level at a' for every eta; eta = 0 is the default's deterministic step, eta = 1 pure fresh noise.
+
     Matches diffusers' DDIMScheduler(set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon") for
     "leading" and "trailing" spacing whenever N divides T; diffusers steps to t - T // N instead of to the
     next entry of its own timesteps, which differs for "linspace" and for N not dividing T.
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0, timestep_spacing: str = "leading",
-                 clip_x0: float | None = None, *, recompute_eps: bool = False, start_timestep: int | None = None):
-        """DDIM over num_steps of the schedule's steps; eta in [0, 1] scales the injected noise (Eq. 16)."""
+                 clip_x0: float | None = None, *, recompute_eps: bool = False, start_timestep: int | None = None,
+                 eta_convention: str = "ddim"):
+        """DDIM over num_steps of the schedule's steps; eta in [0, 1] scales the injected noise (Eq. 16 or DDS's)."""
         super().__init__(schedule, num_steps, timestep_spacing, clip_x0, start_timestep)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if eta_convention not in ETA_CONVENTIONS:
+            raise ValueError(f"Unknown eta_convention {eta_convention!r}; known: {', '.join(ETA_CONVENTIONS)}")
+        if eta_convention == "dds" and eta > 1:
+            raise ValueError(f"eta_convention 'dds' needs eta in [0, 1] (sqrt(1 - eta^2) scales eps), got {eta}")
         self.eta = float(eta)
         self.recompute_eps = bool(recompute_eps)
+        self.eta_convention = eta_convention
 
     def noise_std(self, t: int | Tensor) -> float:
-        """sigma_t(eta) of the step from t (DDIM Eq. 16); 0 for eta = 0 and on the last step."""
+        """sigma_t(eta) of the step from t (DDIM Eq. 16, or DDS's eta sqrt(1 - a')); 0 for eta = 0 and on the last."""
         a, a_prev = self.alpha_bars(t)
+        if self.eta_convention == "dds":
+            return self.eta * math.sqrt(1 - a_prev)
         return self.eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
 
     def step_from_x0(self, x0_hat: Tensor, eps: Tensor | None, t: int | Tensor, y_t: Tensor, *,
@@ -244,15 +261,19 @@ class DDIMSampler(RespacedSampler):
             eps = self.schedule.eps_from_x0(y_t, x0_hat, t)
         elif eps is None:
             raise ValueError("eps is required unless recompute_eps=True")
-        # (1 - a') a (1/a' - 1) / (1 - a) >= 0 in exact arithmetic; max() only guards rounding
-        direction = math.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0))
+        if self.eta_convention == "dds":
+            direction = math.sqrt(1.0 - self.eta ** 2) * math.sqrt(1.0 - a_prev)
+        else:
+            # (1 - a') a (1/a' - 1) / (1 - a) >= 0 in exact arithmetic; max() only guards rounding
+            direction = math.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0))
         y_prev = math.sqrt(a_prev) * x0_hat + direction * eps
         if sigma > 0:
             y_prev = y_prev + sigma * self._noise(noise, y_t, generator)
         return y_prev, x0_hat
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", eta={self.eta}, recompute_eps={self.recompute_eps})"
+        convention = "" if self.eta_convention == "ddim" else f", eta_convention={self.eta_convention!r}"
+        return super().__repr__()[:-1] + f", eta={self.eta}, recompute_eps={self.recompute_eps}{convention})"
 
 
 # ---------------------------------------------------------------------- respaced ancestral DDPM
@@ -342,9 +363,9 @@ def sampler_from_plans(diffusion: dict, schedule: NoiseSchedule | None = None,
                        num_steps: int | None = None) -> DDIMSampler | DDPMSampler:
     """The sampler the plans' `diffusion` entry describes ("sampler": "ddim" | "ddpm"); num_steps overrides.
 
-    DDIM reads "eta", "timestep_spacing" (default "leading") and "recompute_eps"; DDPM reads
-    "ddpm_timestep_spacing" (default "guided", guided-diffusion's respacing) and "ddpm_variance"; both read
-    "num_inference_steps", "clip_x0" and "start_timestep" (null: from pure noise at T).
+    DDIM reads "eta", "eta_convention" (default "ddim"), "timestep_spacing" (default "leading") and
+    "recompute_eps"; DDPM reads "ddpm_timestep_spacing" (default "guided", guided-diffusion's respacing) and
+    "ddpm_variance"; both read "num_inference_steps", "clip_x0" and "start_timestep" (null: from pure noise at T).
     """
     schedule = schedule if schedule is not None else NoiseSchedule.from_plans(diffusion)
     kind = diffusion.get("sampler", "ddim")
@@ -355,7 +376,8 @@ def sampler_from_plans(diffusion: dict, schedule: NoiseSchedule | None = None,
     if kind == "ddim":
         return DDIMSampler(schedule, steps, eta=float(diffusion.get("eta", 0.0)),
                            timestep_spacing=diffusion.get("timestep_spacing", "leading"), clip_x0=clip,
-                           recompute_eps=bool(diffusion.get("recompute_eps", False)), start_timestep=start)
+                           recompute_eps=bool(diffusion.get("recompute_eps", False)), start_timestep=start,
+                           eta_convention=diffusion.get("eta_convention", "ddim"))
     if kind == "ddpm":
         # not "timestep_spacing": that is DDIM's (diffusers' "leading" by default) and would silently drop the
         # guided-diffusion respacing of the authors' DDPM sampler

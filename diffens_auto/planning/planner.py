@@ -97,6 +97,11 @@ def _degradation(task_name: str, degradation) -> dict | None:
     if degradation is None:
         return None
     kind, factor = _field(degradation, "type"), _field(degradation, "factor")
+    if kind == "kspace":
+        raise PlanningError(
+            f"Task '{task_name}': its kspace degradation (a reconstruction task) is parsed from dataset.json but not "
+            "planned yet: planning, training and prediction of recon tasks are not built. Fix: remove the task "
+            f"'{task_name}' from the 'tasks' of dataset.json for now; the other tasks plan as before.")
     if not factor or len(factor) != 3 or any(int(f) != f or f < 1 for f in factor):
         raise PlanningError(f"Task '{task_name}': degradation factor must be three positive integers (X, Y, Z), "
                             f"got {factor!r}.")

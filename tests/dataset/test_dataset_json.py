@@ -1,9 +1,12 @@
 """dataset.json: nnU-Net's fields plus tasks; every malformed field names the file, the field and the fix."""
 import json
+import re
 
 import pytest
 
-from diffens_auto.dataset.dataset_json import DatasetError, load_dataset_json
+from diffens_auto.dataset.dataset_json import (DatasetError, DegradationSpec, KSpaceDegradationSpec, degradation_key,
+                                               load_dataset_json)
+from diffens_auto.planning.planner import PlanningError, plan_experiment
 
 VALID = {
     "channel_names": {"0": "T1", "1": "T1ce", "2": "FLAIR"},
@@ -94,3 +97,106 @@ def test_explicit_image_paths_must_stay_inside_dataset(tmp_path):
     raw = dict(VALID, dataset={"case1": {"images": ["imagesTr/case1_000%d.nii.gz" % c for c in range(3)]}})
     spec = load_dataset_json(write(tmp_path, raw))
     assert spec.cases["case1"][2] == tmp_path / "imagesTr" / "case1_0002.nii.gz"
+
+
+# ---------------------------------------------------------------- a reconstruction task (kspace degradation)
+
+RECON = {"target": "T1", "inputs": [], "degradation": {"type": "kspace", "mask": "poisson", "acceleration": 8}}
+FULL_KSPACE = {"type": "kspace", "mask": "uniform1d", "acceleration": 4.5, "acs": 24, "slice_axis": 0,
+               "noise_std": 0.01, "mask_per_slice": True}
+
+
+def with_recon(recon):
+    return dict(VALID, tasks={**VALID["tasks"], "recon": recon})
+
+
+def test_recon_task_fills_the_kspace_defaults_and_has_no_condition(tmp_path):
+    task = load_dataset_json(write(tmp_path, with_recon(RECON))).tasks["recon"]
+    assert task.degradation == KSpaceDegradationSpec(mask="poisson", acceleration=8.0, acs=12, slice_axis=2,
+                                                     noise_std=0.0, mask_per_slice=False)
+    assert task.degradation.type == "kspace"
+    assert task.inputs == () and task.condition_channels == () and task.channels_needed == (0,)
+
+
+def test_kspace_degradation_round_trips_through_to_dict(tmp_path):
+    task = load_dataset_json(write(tmp_path, with_recon(dict(RECON, degradation=FULL_KSPACE)))).tasks["recon"]
+    assert task.degradation.to_dict() == FULL_KSPACE
+    again = load_dataset_json(write(tmp_path, with_recon(dict(RECON, degradation=task.degradation.to_dict()))))
+    assert again.tasks["recon"].degradation == task.degradation
+
+
+@pytest.mark.parametrize("degradation, key", [
+    (RECON["degradation"], "kspace_poisson_8x_acs12_z"),
+    (FULL_KSPACE, "kspace_uniform1d_4.5x_acs24_x_noise0.01_perslice"),
+])
+def test_kspace_degradation_key_is_the_same_for_spec_and_dict(degradation, key):
+    spec = KSpaceDegradationSpec(**{k: v for k, v in degradation.items() if k != "type"})
+    assert degradation_key(degradation) == degradation_key(spec) == degradation_key(spec.to_dict()) == key
+
+
+def test_avgpool_degradation_key_is_unchanged():
+    assert degradation_key(DegradationSpec("avgpool", (4, 4, 2))) == "avgpool_4x4x2"
+
+
+def set_kspace(**values):
+    return lambda task: task["degradation"].update(values)
+
+
+def drop_kspace(key):
+    return lambda task: task["degradation"].pop(key)
+
+
+SCOPE = "multi-coil and complex priors are out of scope"
+
+
+@pytest.mark.parametrize("mutate, field, problem, fix", [
+    (set_kspace(coils=8), "coils", SCOPE, "single-coil, real-valued"),
+    (set_kspace(num_coils=8), "num_coils", SCOPE, "single-coil, real-valued"),
+    (set_kspace(complex=True), "complex", SCOPE, "single-coil, real-valued"),
+    (set_kspace(mask="radial"), "mask", SCOPE, '"poisson"'),
+    (set_kspace(mask=["poisson"]), "mask", "unknown mask", '"uniform1d"'),
+    (set_kspace(accel=8), "accel", "unknown key", "correct the spelling"),
+    (drop_kspace("mask"), "mask", "missing", '"mask": "poisson"'),
+    (drop_kspace("acceleration"), "acceleration", "missing", '"acceleration": 8'),
+    (set_kspace(acceleration=1), "acceleration", "> 1", '"acceleration": 8'),
+    (set_kspace(acceleration=0.5), "acceleration", "> 1", '"acceleration": 8'),
+    (set_kspace(acceleration=float("nan")), "acceleration", "finite", '"acceleration": 8'),
+    (set_kspace(acceleration=float("inf")), "acceleration", "finite", '"acceleration": 8'),
+    (set_kspace(acceleration="8"), "acceleration", "number", '"acceleration": 8'),
+    (set_kspace(acceleration=True), "acceleration", "number", '"acceleration": 8'),
+    (set_kspace(acs=-1), "acs", "non-negative integer", '"acs": 12'),
+    (set_kspace(acs=12.0), "acs", "non-negative integer", '"acs": 12'),
+    (set_kspace(acs=True), "acs", "non-negative integer", '"acs": 12'),
+    (set_kspace(slice_axis=3), "slice_axis", "0, 1 or 2", "axial"),
+    (set_kspace(slice_axis=-1), "slice_axis", "0, 1 or 2", "axial"),
+    (set_kspace(slice_axis=2.0), "slice_axis", "0, 1 or 2", "axial"),
+    (set_kspace(slice_axis=True), "slice_axis", "0, 1 or 2", "axial"),
+    (set_kspace(noise_std=-0.1), "noise_std", ">= 0", '"noise_std": 0.0'),
+    (set_kspace(noise_std=float("inf")), "noise_std", "finite", '"noise_std": 0.0'),
+    (set_kspace(noise_std="0"), "noise_std", "finite number", '"noise_std": 0.0'),
+    (set_kspace(mask_per_slice=1), "mask_per_slice", "true or false", "one mask for every slice"),
+    (set_kspace(mask_per_slice="false"), "mask_per_slice", "true or false", "one mask for every slice"),
+])
+def test_malformed_kspace_fields_name_file_task_field_and_fix(tmp_path, mutate, field, problem, fix):
+    recon = json.loads(json.dumps(RECON))
+    mutate(recon)
+    where = re.escape(f"{tmp_path / 'dataset.json'}: field 'tasks.recon.degradation.{field}': ")
+    with pytest.raises(DatasetError, match=f"{where}.*{re.escape(problem)}.*Fix: .*{re.escape(fix)}"):
+        load_dataset_json(write(tmp_path, with_recon(recon)))
+
+
+def test_a_kspace_task_with_inputs_is_refused_naming_the_inputs(tmp_path):
+    where = re.escape(f"{tmp_path / 'dataset.json'}: field 'tasks.recon.inputs': ")
+    with pytest.raises(DatasetError, match=f"{where}.*takes no inputs.*Fix: " + re.escape('write "inputs": []')):
+        load_dataset_json(write(tmp_path, with_recon(dict(RECON, inputs=["T1ce"]))))
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_recon_task_reaching_the_planner_is_refused_with_the_fix(tmp_path, as_dict):
+    spec = load_dataset_json(write(tmp_path, with_recon(RECON)))
+    task = spec.tasks["recon"]
+    if as_dict:
+        task = {"target": task.target, "inputs": [], "degradation": task.degradation.to_dict()}
+    with pytest.raises(PlanningError, match="Task 'recon': .*parsed from dataset.json but not planned yet.*"
+                                            "Fix: remove the task 'recon' from the 'tasks' of dataset.json"):
+        plan_experiment({}, {"recon": task}, spec.channel_names, "Dataset990_Recon")

@@ -1,4 +1,5 @@
 """Tests of the synthetic DemoBrain dataset: determinism, geometry, contrast, dataset.json and the command."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -257,3 +258,37 @@ def test_module_runs_as_a_script(tmp_path):
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "Dataset900_DemoBrain" / "dataset.json").is_file()
+
+
+# Digests of the pixels, geometry and dataset.json that the brain kind wrote for this case before the ellipsoid
+# kind existed; they change only if the brain phantoms do (or numpy's floating point on another platform).
+BRAIN_REFERENCE = dict(num_cases=2, shape=(16, 16, 16), spacing=(3.0, 3.0, 3.0), seed=5)
+BRAIN_IMAGES_SHA256 = "8c8c1bbc0c5f6e5ce218e3cbf9201ab4d83b6590ca2882422e8bbbc1daeaf990"
+BRAIN_JSON_SHA256 = "5b0c3addbb4ea9769815e55267af260f34d4efa2368ab5e0584acb59bccc3e5f"
+
+
+def _images_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
+                            image.GetPixelIDTypeAsString())).encode())
+        digest.update(sitk.GetArrayFromImage(image).tobytes())
+    return digest.hexdigest()
+
+
+def test_brain_kind_is_unchanged_and_the_default(tmp_path):
+    default = make_demo_dataset(tmp_path / "default", 900, **BRAIN_REFERENCE)
+    brain = make_demo_dataset(tmp_path / "brain", 900, kind="brain", **BRAIN_REFERENCE)
+    assert _files(brain) == _files(default)
+    assert _images_digest(brain) == BRAIN_IMAGES_SHA256
+    assert hashlib.sha256((brain / "dataset.json").read_bytes()).hexdigest() == BRAIN_JSON_SHA256
+
+
+def test_entry_kind_brain_is_the_default(tmp_path, monkeypatch):
+    common = ["-n", "1", "--shape", "16", "16", "16", "--spacing", "3", "3", "3"]
+    for sub, extra in (("default", []), ("brain", ["--kind", "brain"])):
+        monkeypatch.setattr(sys, "argv", ["diffens_make_demo_dataset", *common, *extra, "-o", str(tmp_path / sub)])
+        make_demo_dataset_entry()
+    assert _files(tmp_path / "brain" / "Dataset900_DemoBrain") == _files(tmp_path / "default" / "Dataset900_DemoBrain")
