@@ -20,6 +20,19 @@ def tiny_plans(shape=(16, 16, 16), factor=2, task: str = TASK, channels=("T1", "
                            "Dataset001_Tiny", gpu_memory_target_gb=gpu_memory_target_gb, preset="tiny")
 
 
+RECON_TASK = "recon"
+RECON_DEGRADATION = {"type": "kspace", "mask": "poisson", "acceleration": 4, "acs": 4, "slice_axis": 2}
+
+
+def tiny_recon_plans(shape=(16, 16, 16), degradation=None, channels=("T1",), target: int = 0) -> dict:
+    """Tiny-preset plans of a two-case dataset of `shape` foregrounds at 1 mm with one kspace (recon) task."""
+    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [list(shape)] * 2,
+                   "foreground_intensity_properties_per_channel": {
+                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in range(len(channels))}}
+    tasks = {RECON_TASK: {"target": target, "inputs": [], "degradation": dict(degradation or RECON_DEGRADATION)}}
+    return plan_experiment(fingerprint, tasks, dict(enumerate(channels)), "Dataset001_TinyRecon", preset="tiny")
+
+
 def tiny_models(plans: dict, task: str = TASK, seed: int = 0) -> tuple[dict, dict]:
     """Untrained experts and ensemblers (eval mode) of every configuration of `plans`, keyed by name."""
     torch.manual_seed(seed)

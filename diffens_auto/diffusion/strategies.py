@@ -174,14 +174,16 @@ class WithPositions:
 
     def __init__(self, strategy, positions: torch.Tensor):
         self.strategy, self.positions = strategy, positions
-        self.runners = strategy.runners
+        self.runners = getattr(strategy, "runners", [])
 
     def __call__(self, y_t, condition, t, positions=None):
         return self.strategy(y_t, condition, t, positions=self.positions if positions is None else positions)
 
     def reset(self) -> None:
-        """Reset the wrapped strategy (TPDM's turn)."""
-        self.strategy.reset()
+        """Reset the wrapped strategy (TPDM's turn), if it keeps any state."""
+        reset = getattr(self.strategy, "reset", None)
+        if callable(reset):
+            reset()
 
 
 class Windowed:

@@ -177,7 +177,7 @@ class DiffensPredictor:
         # experts of another task's space (a fusion ensembler) need the case's target normalisation
         set_case_params(model.runners.values(), [[case.target_params["center"], case.target_params["half_range"]]])
         strategy = model.strategy
-        if any(getattr(runner, "position_channels", 0) for runner in model.runners.values()):
+        if any(getattr(runner, "position_channels", 0) for runner in getattr(strategy, "runners", [])):
             # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
             unpadded = [n - a - b for n, (a, b) in zip(case.shape, case.pads)]
             positions = case_positions(unpadded, case.pads, model.plans["crop_size"], block_step(task_plans),

@@ -21,11 +21,18 @@ import numpy as np
 
 from diffens_auto.operators.avgpool import AvgPoolSR, as_factor, avgpool_downsample, lowres_shape
 
-SUPPORTED_DEGRADATIONS = ("avgpool",)
+SUPPORTED_DEGRADATIONS = ("avgpool",)   # what operator_for and degrade_image build (a kspace one: see _check)
 
 
 def _check(degradation: Mapping) -> tuple[int, ...]:
     kind = degradation.get("type") if isinstance(degradation, Mapping) else None
+    if kind == "kspace":
+        # its operator is not a function of the task alone: the mask is drawn on each case's own grid (and seed),
+        # and a measurement lives in the file's own axes
+        raise ValueError(f"The degradation {dict(degradation)!r} undersamples k-space: operator_for and "
+                         "degrade_image build only average pooling. Fix: build the case's operator with "
+                         "operators.kspace_mask(degradation, shape, seed=...) and "
+                         "FileOrderKSpace.from_canonical_mask(reorientation, mask, kspace_fft_axes(degradation)).")
     if kind not in SUPPORTED_DEGRADATIONS:
         raise ValueError(f"Unknown degradation {degradation!r}: supported types are {list(SUPPORTED_DEGRADATIONS)} "
                          f"(e.g. {{'type': 'avgpool', 'factor': [4, 4, 4]}}).")
@@ -33,7 +40,7 @@ def _check(degradation: Mapping) -> tuple[int, ...]:
 
 
 def operator_for(degradation: Mapping) -> AvgPoolSR:
-    """The linear operator A of a task's degradation dict ({"type": "avgpool", "factor": [fx, fy, fz]})."""
+    """The linear operator A of a task's average-pooling degradation ({"type": "avgpool", "factor": [fx, fy, fz]})."""
     return AvgPoolSR(_check(degradation))
 
 

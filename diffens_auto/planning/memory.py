@@ -15,6 +15,9 @@ BYTES_PER_GB = 1024 ** 3
 NORM_BYTES = 4            # GroupNorm, SiLU after it and softmax run in float32 under autocast
 MASK_BYTES = 1            # CUDA dropout keeps a boolean mask
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# per voxel of a k-space task's volume while DDS samples it: the measurement y, the FFT's complex input and
+# output (complex64, 8 bytes each), and CG's right-hand side and four vectors x, r, p, (gamma A^H A + I) p (float32)
+KSPACE_BYTES_PER_VOXEL = 3 * 8 + 5 * 4
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class MemoryEstimate:
     expert_forward: int = 0        # one slice batch's forward peak of the frozen experts (no grad)
     injected_features: int = 0     # experts' restacked feature volumes fed to the injection convs
     volume_buffers: int = 0        # inputs, targets, noise, restacked noise estimates, sampling state
+    measurement_buffers: int = 0   # a k-space task's sampling: the measurement and DDS's data-consistency state
     workspace: int = 0             # fixed allowance: CUDA context, cuDNN workspaces, allocator slack
 
     @property
@@ -341,13 +345,20 @@ def estimate_training_memory(configuration: dict, dtype: str, *, experts: dict |
 
 
 def estimate_inference_memory(configuration: dict, dtype: str, *, volume_shape, experts: dict | None = None,
-                              slice_batch_size: int = 1, workspace_gb: float = 0.0) -> MemoryEstimate:
-    """Peak GPU memory of sampling one `volume_shape` volume with a plans configuration."""
+                              slice_batch_size: int = 1, workspace_gb: float = 0.0,
+                              kspace: bool = False) -> MemoryEstimate:
+    """Peak GPU memory of sampling one `volume_shape` volume with a plans configuration.
+
+    `kspace`: the plans have a reconstruction task, whose sampling also holds the measurement and the state of
+    DDS's conjugate-gradient data consistency over the whole volume (`KSPACE_BYTES_PER_VOXEL`).
+    """
     network = configuration["network"]
     a = activation_bytes(dtype)
     parts = _parameter_state(network, dtype, trained=False, ema=False)
     parts["workspace"] = int(workspace_gb * BYTES_PER_GB)
     volume = math.prod(volume_shape)
+    if kspace:
+        parts["measurement_buffers"] = KSPACE_BYTES_PER_VOXEL * volume
     n_cond = _condition_channels(configuration)
     if configuration.get("kind") == "ensembler":
         window = configuration["fine_tune_shape"] if configuration.get("patch_wise") else volume_shape

@@ -1,12 +1,9 @@
 """Experiment planning: from a dataset fingerprint and its tasks to the plans every later stage reads."""
 import math
-from collections.abc import Mapping
-
-from diffens_auto.dataset.dataset_json import degradation_key
-from diffens_auto.errors import DiffensError
 
 from .memory import estimate_inference_memory, estimate_training_memory
 from .presets import Preset, get_preset
+from .task_sections import PlanningError, is_kspace, plan_task
 from .topology import (EXPERT_PLANES, PLANE_NAMES, axis_multiples, choose_num_levels, ensembler_in_channels,
                        ensembler_network, expert_in_channels, expert_network, extent_at_spacing, feature_injection,
                        round_up, target_spacing_for)
@@ -22,17 +19,13 @@ SR_SPACING_TOLERANCE = 0.0
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
-class PlanningError(DiffensError, ValueError):
-    """Raised when the inputs cannot be planned (malformed tasks, or nothing fits the memory budget)."""
-
-
 def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset_name: str,
                     gpu_memory_target_gb: float = 24.0, *, preset: str = "default") -> dict:
     """Plan spacing, crop, expert and ensembler topologies, batch sizes and training schedule within the budget."""
     p = get_preset(preset)
     names = {int(k): str(v) for k, v in channel_names.items()}
     residuals = fingerprint.get("residual_statistics_per_channel", {})
-    task_sections = {name: _task_section(name, task, names, p, residuals) for name, task in tasks.items()}
+    task_sections = {name: plan_task(name, task, names, p, residuals) for name, task in tasks.items()}
     if not task_sections:
         raise PlanningError("No tasks to plan: give at least one task (dataset.json 'tasks', e.g. a default 'sr').")
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
@@ -84,77 +77,7 @@ def network_for_task(plans: dict, configuration: str, task: str) -> dict:
     return network
 
 
-# ---------------------------------------------------------------- tasks, normalization, diffusion
-
-
-def _field(task, name, default=None):
-    if isinstance(task, Mapping):
-        return task.get(name, default)
-    return getattr(task, name, default)
-
-
-def _degradation(task_name: str, degradation) -> dict | None:
-    if degradation is None:
-        return None
-    kind, factor = _field(degradation, "type"), _field(degradation, "factor")
-    if kind == "kspace":
-        raise PlanningError(
-            f"Task '{task_name}': its kspace degradation (a reconstruction task) is parsed from dataset.json but not "
-            "planned yet: planning, training and prediction of recon tasks are not built. Fix: remove the task "
-            f"'{task_name}' from the 'tasks' of dataset.json for now; the other tasks plan as before.")
-    if not factor or len(factor) != 3 or any(int(f) != f or f < 1 for f in factor):
-        raise PlanningError(f"Task '{task_name}': degradation factor must be three positive integers (X, Y, Z), "
-                            f"got {factor!r}.")
-    return {"type": str(kind), "factor": [int(f) for f in factor]}
-
-
-def _significant(value: float, digits: int = 4) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def _residual_scaling(name: str, target: int, degradation: dict, residuals: Mapping) -> dict:
-    """residual_scale (unit RMS of the scaled residual) and clip_x0 (its largest measured magnitude) of an SR task."""
-    key = degradation_key(degradation)
-    stats = residuals.get(str(target), {}).get(key)
-    if stats is None:
-        raise PlanningError(f"Task '{name}': the fingerprint has no residual statistics of channel {target} under "
-                            f"{key} (a fingerprint from an older version, or made by hand). Fix: re-run "
-                            "diffens_plan_and_preprocess (it extracts the fingerprint again).")
-    rms = float(stats["rms"])
-    if not rms > 0:
-        # a target without structure inside the blocks: nothing to rescale
-        return {"residual_scale": 1.0, "clip_x0": 1.0}
-    scale = _significant(1.0 / rms)
-    # the largest residual seen on the training cases, in scaled units: clipping there never cuts a true value
-    return {"residual_scale": scale, "clip_x0": math.ceil(float(stats["abs_max"]) * scale * 10) / 10}
-
-
-def _task_section(name: str, task, channel_names: dict, p: Preset, residuals: Mapping) -> dict:
-    """The plans' entry of one task (INTERFACES.md), from a plain dict or a TaskSpec."""
-    target, inputs = _field(task, "target"), [int(i) for i in _field(task, "inputs", ()) or ()]
-    unknown = [c for c in [target, *inputs] if c not in channel_names]
-    if target is None or unknown:
-        raise PlanningError(f"Task '{name}': channel(s) {unknown or [target]} are not in channel_names "
-                            f"{channel_names}; use channel indices of dataset.json.")
-    degradation = _degradation(name, _field(task, "degradation"))
-    conditions = inputs + ([int(target)] if degradation else [])
-    scaling = _residual_scaling(name, int(target), degradation, residuals) if degradation else {}
-    return {
-        "target": int(target),
-        "target_name": channel_names[int(target)],
-        "inputs": inputs,
-        "input_names": [channel_names[i] for i in inputs],
-        "degradation": degradation,
-        "condition_channels": conditions,
-        "parametrization": "epsilon_residual" if degradation else "epsilon_target",
-        # v for SR: with eps the x0 estimate of a briefly trained expert at large t was far worse than x0 = 0
-        # (documentation/benchmarks.md); MT keeps eps until measured
-        "prediction": "v" if degradation else "epsilon",
-        "target_normalization": f"degraded:{degradation_key(degradation)}" if degradation else "dataset",
-        "input_normalization": "case",
-        "ensembler_lambda": p.ensembler_lambda,
-        **scaling,
-    }
+# ---------------------------------------------------------------- normalization, diffusion
 
 
 def _normalization(fingerprint: dict, channel_names: dict) -> dict:
@@ -194,6 +117,8 @@ class _Fitter:
     def __init__(self, p: Preset, budget_gb: float, *, crop, levels: int, multiples, tasks: dict):
         self.p, self.budget, self.crop, self.levels, self.multiples = p, budget_gb, list(crop), levels, multiples
         self.conditions = {name: len(task["condition_channels"]) for name, task in tasks.items()}
+        # a reconstruction task's sampling also holds its measurement and the DDS data-consistency state
+        self.kspace = any(is_kspace(task["degradation"]) for task in tasks.values())
 
     def training(self, configuration: dict, experts: dict | None = None):
         """Training estimate; an ensembler's is the larger of pretraining (patch) and fine-tuning."""
@@ -208,7 +133,8 @@ class _Fitter:
     def inference(self, configuration: dict, experts: dict | None = None, slice_batch_size: int = 1):
         """Estimate of sampling one crop-sized volume."""
         return estimate_inference_memory(configuration, self.p.dtype, volume_shape=self.crop, experts=experts,
-                                         slice_batch_size=slice_batch_size, workspace_gb=self.p.workspace_gb)
+                                         slice_batch_size=slice_batch_size, workspace_gb=self.p.workspace_gb,
+                                         kspace=self.kspace)
 
     def _worst(self, configuration: dict, experts: dict | None = None) -> float:
         return max(self.training(configuration, experts).total_gb, self.inference(configuration, experts).total_gb)

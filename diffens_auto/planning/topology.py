@@ -51,11 +51,12 @@ def choose_num_levels(extent, preset_levels: int, min_feature_size: int) -> int:
 
 
 def axis_multiples(stride: int, tasks: dict) -> list[int]:
-    """Per axis, lcm of the network stride and every task's degradation factor on that axis."""
+    """Per axis, lcm of the network stride and every average-pooling task's factor on that axis."""
     multiples = [stride] * 3
     for task in tasks.values():
         degradation = task.get("degradation")
-        if degradation:
+        # a k-space mask has no block grid: it undersamples whatever grid the case has
+        if degradation and degradation.get("type", "avgpool") == "avgpool":
             multiples = [math.lcm(m, int(f)) for m, f in zip(multiples, degradation["factor"])]
     return multiples
 

@@ -6,7 +6,8 @@ Properties of a case (JSON, `CASE.json`), everything needed to map a prediction 
      "shape_before_crop": [X, Y, Z], "bbox": [[lo, hi), x3], "shape_after_crop": [...],
      "spacing_before_resampling": [...], "spacing_after_resampling": target spacing, "shape_after_resampling": [...],
      "resampling": {"order", "order_z", "anisotropy_threshold", "separate_z_axis": int | null},
-     "normalization": {"0": {"case": {"center", "half_range"}, "degraded": {"avgpool_4x4x4": {...}},
+     "normalization": {"0": {"case": {"center", "half_range"}, "degraded": {"avgpool_4x4x4": {...},
+                                                                            "kspace_poisson_8x_acs12_z": {...}},
                              "dataset": {...} (if the plans have it)}, ...},
      "preprocessing": the plans settings the case was made with (a changed setting re-preprocesses the case)}
 """
@@ -29,7 +30,7 @@ from diffens_auto.imageio import ImageReadError, read_case
 from diffens_auto.preprocessing import storage
 from diffens_auto.preprocessing.cropping import crop_to_nonzero
 from diffens_auto.preprocessing.normalization import (DEFAULT_PERCENTILES, case_normalization, degraded_targets,
-                                                      normalize)
+                                                      kspace_targets, normalize)
 from diffens_auto.preprocessing.resampling import (compute_new_shape, extend_foreground, foreground_at_spacing,
                                                    resample_data, separate_z_axis)
 from diffens_auto.workers import map_in_workers
@@ -62,6 +63,10 @@ def preprocessing_settings(plans: Mapping) -> dict:
                           "dataset": normalization.get("dataset", {})},
         "degraded_targets": {str(c): v for c, v in degraded_targets(plans).items()},
     }
+    kspace = kspace_targets(plans)
+    if kspace:
+        # only then, so that the cases of plans without a recon task keep their settings (and are not redone)
+        settings["kspace_targets"] = {str(c): v for c, v in kspace.items()}
     return json.loads(json.dumps(settings))
 
 
@@ -114,7 +119,7 @@ def preprocess_arrays(raw: np.ndarray, image_props: Mapping, plans: Mapping, cas
     mask = foreground_at_spacing(mask_original, spacing, target, new_shape)
     # Zero outside the foreground before normalising: removes spline ringing and makes background invert to 0.
     data[:, ~mask] = 0
-    normalization = case_normalization(cropped, mask_original, data, plans, channels)
+    normalization = case_normalization(cropped, mask_original, data, plans, channels, case_id=case_id)
     for row, c in enumerate(channels):
         data[row] = normalize(data[row], normalization[str(c)]["case"])
 

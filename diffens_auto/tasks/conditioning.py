@@ -14,6 +14,11 @@ A is the task's degradation operator (`operators.operator_for`, the AvgPoolSR of
 low-resolution volume back to the target grid with trilinear interpolation whose low-resolution voxel centres sit
 at the high-resolution block centres (the `lowres_grid` geometry). Volumes are renormalised for the task first
 (`task_volumes`): the target with the plans' `target_normalization`, the inputs with `input_normalization`.
+
+A reconstruction task (a `kspace` degradation) has no condition at all: its experts are unconditional priors of
+the target (`epsilon_target`), so the condition is (B, 0, X, Y, Z) and y0 the target, scaled by its zero-filled
+image (preprocessing's "degraded:KEY" set, center 0). Its measurement enters only at sampling, through the
+k-space operator's data consistency.
 """
 from __future__ import annotations
 
@@ -108,6 +113,15 @@ def task_volumes(data, properties: Mapping, plans: Mapping, task: str):
     return stacked[:1], stacked[1:]
 
 
+def pooling(task_plans: Mapping) -> dict | None:
+    """The task's average-pooling degradation, or None (no degradation, or a k-space one).
+
+    It is what the degraded condition and the SR residual come from.
+    """
+    degradation = task_plans.get("degradation")
+    return degradation if degradation and degradation.get("type", "avgpool") == "avgpool" else None
+
+
 def degraded_condition(target: torch.Tensor, degradation: Mapping) -> torch.Tensor:
     """up(A(target)): the task's degradation of (B, 1, X, Y, Z) brought back to the target grid."""
     operator = operator_for(degradation)
@@ -118,19 +132,20 @@ def _check_task(task_plans: Mapping) -> None:
     parametrization = task_plans["parametrization"]
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(f"Unknown parametrization {parametrization!r}; the plans support {list(PARAMETRIZATIONS)}.")
-    if parametrization == "epsilon_residual" and not task_plans.get("degradation"):
-        raise ValueError("parametrization 'epsilon_residual' needs a degradation (the residual is target - "
-                         "up(A(target))); use 'epsilon_target' for a task without one.")
+    if parametrization == "epsilon_residual" and not pooling(task_plans):
+        raise ValueError("parametrization 'epsilon_residual' needs a degradation by average pooling (the residual is "
+                         "target - up(A(target))); use 'epsilon_target' for a task without one or with a kspace one.")
 
 
 def make_condition(target: torch.Tensor, inputs: torch.Tensor, task_plans: Mapping):
     """(condition (B, n_cond, X, Y, Z), y0 (B, 1, X, Y, Z)) of a task from its target and input volumes.
 
-    condition = [inputs..., up(A(target))] (the degraded channel only when the task has a degradation);
-    y0 = target ("epsilon_target") or s (target - up(A(target))) ("epsilon_residual", s = `residual_scale`).
+    condition = [inputs..., up(A(target))] (the degraded channel only when the task average-pools its target; a
+    k-space task has neither, so its condition has 0 channels); y0 = target ("epsilon_target") or
+    s (target - up(A(target))) ("epsilon_residual", s = `residual_scale`).
     """
     _check_task(task_plans)
-    degradation = task_plans.get("degradation")
+    degradation = pooling(task_plans)
     parts = [inputs]
     if degradation:
         degraded = degraded_condition(target, degradation)

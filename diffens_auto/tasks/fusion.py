@@ -13,7 +13,7 @@ from typing import Mapping
 
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.target_space import ConvertedRunner, SpaceConversion, TargetSpace
-from diffens_auto.tasks.conditioning import TaskPlansError, residual_scale
+from diffens_auto.tasks.conditioning import TaskPlansError, pooling, residual_scale
 
 
 def target_space(task_plans: Mapping) -> TargetSpace:
@@ -23,7 +23,7 @@ def target_space(task_plans: Mapping) -> TargetSpace:
 
 
 def _degraded_index(task_plans: Mapping) -> int | None:
-    if not task_plans.get("degradation"):
+    if not pooling(task_plans):
         return None
     return list(task_plans["condition_channels"]).index(int(task_plans["target"]))
 
@@ -46,7 +46,7 @@ def space_conversion(plans: Mapping, ensembler_task: str, expert_task: str) -> t
         return None, [f"target_normalization {exp['target_normalization']!r} (task '{expert_task}') vs "
                       f"{ens['target_normalization']!r} (task '{ensembler_task}'): only an expert on the dataset's "
                       "normalisation (or the ensembler's own) can be run in another task's space"]
-    if (ens_space.residual_scale is not None or exp_space.residual_scale is not None) and not ens.get("degradation"):
+    if (ens_space.residual_scale is not None or exp_space.residual_scale is not None) and not pooling(ens):
         return None, [f"task '{expert_task}' predicts an SR residual but task '{ensembler_task}' has no degraded "
                       "input to form it"]
     params = None if same_normalization else dict(plans["normalization"]["dataset"][str(exp["target"])])

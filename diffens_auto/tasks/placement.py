@@ -16,9 +16,14 @@ import torch
 
 
 def block_step(task_plans: Mapping) -> tuple[int, int, int]:
-    """The task's degradation factor per axis ((1, 1, 1) without a degradation): the grid spatial moves keep."""
+    """The task's average-pooling factor per axis, the grid spatial moves keep: (1, 1, 1) for the other tasks.
+
+    A k-space task has no block grid either: its mask is drawn on any grid, and its prior sees the target alone.
+    """
     degradation = task_plans.get("degradation")
-    return tuple(int(f) for f in degradation["factor"]) if degradation else (1, 1, 1)
+    if not degradation or degradation.get("type", "avgpool") != "avgpool":
+        return (1, 1, 1)
+    return tuple(int(f) for f in degradation["factor"])
 
 
 def draw_block_offset(slack: int, step: int, rng: np.random.Generator, centred: bool = False) -> int:

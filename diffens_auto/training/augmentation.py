@@ -10,8 +10,10 @@
      multiples of the factor (the crop is: plans `crop_multiples`) these map whole degradation blocks onto whole
      blocks, so A(aug(target)) = aug(A(target)) and the condition made afterwards is exactly the degraded
      augmented target.
-   - continuous rotation (about the listed axes) and scaling, only for tasks WITHOUT a degradation (they would
-     mix blocks), with batchgenerators' coordinate-grid helpers, order-3 interpolation, background fill.
+   - continuous rotation (about the listed axes) and scaling, only for tasks WITHOUT a block grid (they would
+     mix blocks): no degradation, or a k-space one, whose prior sees the clean target alone (its mask, even one
+     per slice, constrains nothing in training); batchgenerators' coordinate-grid helpers, order-3
+     interpolation, background fill.
 3. The loader then makes the condition from the augmented volume (SR: the degradation of the augmented
    target) and slices or crops it.
 4. **Intensity** (`augment_intensity`), last and on the input channels of the condition only (never on y0, never
@@ -155,7 +157,8 @@ def augment_spatial(volume: np.ndarray, background: Sequence[float], step: Seque
                     settings: AugmentationSettings, rng: np.random.Generator) -> np.ndarray:
     """Identical spatial augmentation of every channel of a (C, X, Y, Z) [target, inputs] volume.
 
-    Block-aligned moves always; continuous rotation and scaling only when `step` is all ones (no degradation).
+    Block-aligned moves always; continuous rotation and scaling only when `step` is all ones (no block grid: no
+    degradation, or a k-space one).
     """
     if not settings.enabled:
         return volume

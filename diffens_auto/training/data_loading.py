@@ -6,7 +6,8 @@ Each sample (see augmentation.py for the transforms):
     -> pad to plans["crop_size"] with each channel's background value, at a random block-aligned offset
        (training; the translation augmentation) or centred (validation)
     -> spatial augmentation of the stacked [target, inputs] volume
-    -> make_condition on the whole augmented volume (SR: degradation of the augmented target; cheap)
+    -> make_condition on the whole augmented volume (SR: degradation of the augmented target; cheap; a k-space
+       task's prior: no condition channels at all)
     -> expert: `slices_per_case` random slices along the slice axis, with 2.5D context (slicing.context_stack)
        ensembler: a random patch (`patch_size`: the configuration's for pretraining, fine_tune_shape to
        fine-tune) at a block-aligned start, centred for validation
@@ -149,10 +150,12 @@ class ExpertBatchSampler(_VolumeSampler):
 
     def _slice_conditions(self, stacked: np.ndarray, n_cond: int, idx: torch.Tensor, rng) -> np.ndarray:
         """Intensity augmentation (a channel and its context slices share one draw), then the position channels."""
-        grouped = stacked.reshape(stacked.shape[0], n_cond, -1, *stacked.shape[2:])
-        out = np.stack([augment_intensity(g, self.settings, rng, self._transforms, self.num_augmented)
-                        for g in grouped])
-        out = out.reshape(stacked.shape)
+        out = stacked
+        if n_cond:    # an unconditional prior (a k-space task) has no condition channel to augment
+            grouped = stacked.reshape(stacked.shape[0], n_cond, -1, *stacked.shape[2:])
+            out = np.stack([augment_intensity(g, self.settings, rng, self._transforms, self.num_augmented)
+                            for g in grouped])
+            out = out.reshape(stacked.shape)
         if self.position_channels:
             coords = position_channels(self.volume_shape, channels=self.position_channels)
             positions = slices_of(coords.index_select(2 + self.slice_axis, idx), self.slice_axis).numpy()

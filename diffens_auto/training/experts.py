@@ -21,6 +21,7 @@ from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.model_folder.recorded_experts import ExpertMismatchError
 from diffens_auto.planning import network_for_task
 from diffens_auto.planning.topology import ensembler_in_channels, ensembler_out_channels, feature_injection
+from diffens_auto.tasks.conditioning import pooling
 from diffens_auto.tasks.fusion import in_ensembler_space, space_conversion
 
 
@@ -88,7 +89,7 @@ def condition_indices(plans: dict, ensembler_task: str, expert_task: str) -> lis
     if expert_task == ensembler_task:
         return None
     _, problems = space_conversion(plans, ensembler_task, expert_task)
-    if exp["degradation"] and exp["degradation"] != ens["degradation"]:
+    if pooling(exp) and exp["degradation"] != ens["degradation"]:
         problems.append(f"degradation {exp['degradation']} (task '{expert_task}') vs {ens['degradation']} "
                         f"(task '{ensembler_task}'): the degraded-target condition would mean something else")
     missing = [c for c in exp["condition_channels"] if c not in ens["condition_channels"]]

@@ -6,7 +6,7 @@ import pytest
 
 from diffens_auto.dataset.dataset_json import (DatasetError, DegradationSpec, KSpaceDegradationSpec, degradation_key,
                                                load_dataset_json)
-from diffens_auto.planning.planner import PlanningError, plan_experiment
+from diffens_auto.planning.planner import plan_experiment
 
 VALID = {
     "channel_names": {"0": "T1", "1": "T1ce", "2": "FLAIR"},
@@ -191,12 +191,18 @@ def test_a_kspace_task_with_inputs_is_refused_naming_the_inputs(tmp_path):
         load_dataset_json(write(tmp_path, with_recon(dict(RECON, inputs=["T1ce"]))))
 
 
+@pytest.mark.parametrize("degradation", [RECON["degradation"], FULL_KSPACE])
 @pytest.mark.parametrize("as_dict", [False, True])
-def test_a_recon_task_reaching_the_planner_is_refused_with_the_fix(tmp_path, as_dict):
-    spec = load_dataset_json(write(tmp_path, with_recon(RECON)))
+def test_a_recon_task_reaching_the_planner_plans_as_an_unconditional_prior(tmp_path, as_dict, degradation):
+    spec = load_dataset_json(write(tmp_path, with_recon(dict(RECON, degradation=degradation))))
     task = spec.tasks["recon"]
     if as_dict:
         task = {"target": task.target, "inputs": [], "degradation": task.degradation.to_dict()}
-    with pytest.raises(PlanningError, match="Task 'recon': .*parsed from dataset.json but not planned yet.*"
-                                            "Fix: remove the task 'recon' from the 'tasks' of dataset.json"):
-        plan_experiment({}, {"recon": task}, spec.channel_names, "Dataset990_Recon")
+    fingerprint = {"spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [[32, 32, 32]] * 2,
+                   "foreground_intensity_properties_per_channel": {
+                       str(c): {"percentile_00_5": 0.0, "percentile_99_5": 1.0} for c in spec.channel_names}}
+    plans = plan_experiment(fingerprint, {"recon": task}, spec.channel_names, "Dataset990_Recon", preset="tiny")
+    section = plans["tasks"]["recon"]
+    assert section["degradation"] == spec.tasks["recon"].degradation.to_dict()
+    assert section["condition_channels"] == [] and section["target_normalization"] == \
+        f"degraded:{degradation_key(spec.tasks['recon'].degradation)}"

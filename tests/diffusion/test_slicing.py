@@ -185,3 +185,19 @@ def test_real_expert_slice_batches_equal_per_slice_loop(tiny_expert_network, sli
         assert len(features) == len(tiny_expert_network["channels"])
         for f, f_ref in zip(features, features_ref):
             assert f.shape == f_ref.shape and (f - f_ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_no_condition_channel_stacks_to_none_and_the_expert_sees_y_t_and_positions(axis):
+    condition = torch.zeros(2, 0, 4, 5, 6)
+    assert context_stack(condition, axis, 2).shape == (2, 0, 4, 5, 6)
+    seen = []
+
+    def expert(x, t):
+        seen.append(x.shape[1])
+        return x[:, :1] * 2, []
+
+    y_t = torch.randn(2, 1, 4, 5, 6)
+    runner = ExpertRunner(expert, axis, 3, context_slices=2, position_channels=3)
+    eps, _ = runner(y_t, condition, 7)
+    assert set(seen) == {1 + 3} and torch.equal(eps, 2 * y_t)

@@ -3,7 +3,7 @@ untrained ensembler is the average), sliding windows around any strategy, the fa
 on a tiny plan."""
 import pytest
 import torch
-from tiny_plans import TASK, tiny_models, tiny_plans
+from tiny_plans import RECON_TASK, TASK, tiny_models, tiny_plans, tiny_recon_plans
 from torch import nn
 
 from diffens_auto.diffusion import sample, sampler_from_plans
@@ -320,3 +320,64 @@ def test_sampling_with_each_strategy_is_deterministic(tiny, name):
     assert torch.equal(results[0], results[1])
     if name == "tpdm":
         assert strategy.history == [0, 1, 0]
+
+
+# ------------------------------------------------------------------ unconditional experts (a recon task's priors)
+
+
+@pytest.fixture(scope="module")
+def recon():
+    """A tiny plan of a kspace task: experts with no condition channel, ensemblers with n_cond = 0."""
+    plans = tiny_recon_plans()
+    experts, ensemblers = tiny_models(plans, task=RECON_TASK)
+    return plans, experts, ensemblers
+
+
+def test_unconditional_experts_see_only_y_t_and_positions(recon):
+    plans, experts, ensemblers = recon
+    assert plans["tasks"][RECON_TASK]["condition_channels"] == []
+    for name in ("2d_axial", "2d_coronal", "2d_sagittal"):
+        assert network_for_task(plans, name, RECON_TASK)["in_channels"] == 1 + 0 + 3
+        assert experts[name].in_channels == 4
+    assert ensemblers["3d_ensembler"].unet.in_channels == 0 + 1 + 2
+
+
+@pytest.mark.parametrize("name", ["2d_axial", "single", "tpdm", "average", "3d_ensembler", "3d_ensembler_small"])
+def test_every_strategy_runs_over_unconditional_experts(recon, name):
+    _, _, ensemblers = recon
+    runners = runners_of(recon, slice_batch_size=5)
+    if name == "single":
+        runners = {"2d_axial": runners["2d_axial"]}
+    strategy = build_strategy(name, runners, ensemblers.get(name))
+    y_t, condition = volumes(batch=2, conditions=0)
+    assert condition.shape == (2, 0, 16, 16, 16)
+    with torch.no_grad():
+        eps = strategy(y_t, condition, 500)
+        windowed = build_strategy(name, runners, ensemblers.get(name), window=(8, 16, 16))(y_t, condition, 500)
+    assert eps.shape == y_t.shape and torch.isfinite(eps).all() and windowed.shape == y_t.shape
+    if name in ("2d_axial", "single"):
+        # a slice batch spanning two batch elements gives what each slice alone gives
+        runner = runners["2d_axial"]
+        one_by_one = ExpertRunner.from_network(runner.expert, recon[0]["configurations"]["2d_axial"]["network"], 2,
+                                               1)(y_t, condition, 500)[0]
+        assert (eps - one_by_one).abs().max() <= 1e-5
+
+
+def test_an_untrained_ensembler_of_unconditional_experts_is_their_average(recon):
+    _, _, ensemblers = recon
+    runners = runners_of(recon)
+    y_t, condition = volumes(conditions=0)
+    with torch.no_grad():
+        learned = Learned(ensemblers["3d_ensembler"], runners)(y_t, condition, 250)
+        average = Average(list(runners.values()))(y_t, condition, 250)
+    assert (learned - average).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["tpdm", "average", "3d_ensembler"])
+def test_sampling_an_unconditional_prior_is_deterministic(recon, name):
+    plans, _, ensemblers = recon
+    strategy = build_strategy(name, runners_of(recon, slice_batch_size=16), ensemblers.get(name))
+    sampler = sampler_from_plans(plans["diffusion"], num_steps=2)
+    condition = torch.zeros(1, 0, 16, 16, 16)
+    first, second = (sample(strategy, sampler, (1, 1, 16, 16, 16), condition, seed=3) for _ in range(2))
+    assert torch.isfinite(first).all() and torch.equal(first, second)

@@ -78,3 +78,20 @@ def test_sr_tasks_get_residual_statistics_and_a_new_task_re_extracts(small_raw_d
     out.write_text(json.dumps({**fp, "residual_statistics_per_channel": {}, "marker": 1}))
     again = load_or_extract_fingerprint(spec, cases, out, num_processes=1)
     assert "marker" not in again and again["residual_statistics_per_channel"] == fp["residual_statistics_per_channel"]
+
+
+def test_a_recon_task_adds_no_residual_statistics_and_reuses_the_fingerprint(small_raw_dataset, tmp_path):
+    from diffens_auto.fingerprint.extractor import sr_degradations
+    spec = load_dataset_json(small_raw_dataset)
+    cases = find_training_cases(spec)
+    out = tmp_path / "fp.json"
+    fp = load_or_extract_fingerprint(spec, cases, out, num_processes=1)
+    raw = json.loads((small_raw_dataset / "dataset.json").read_text())
+    raw["tasks"]["recon"] = {"target": "T1", "inputs": [],
+                             "degradation": {"type": "kspace", "mask": "uniform1d", "acceleration": 4}}
+    (small_raw_dataset / "dataset.json").write_text(json.dumps(raw))
+    with_recon = load_dataset_json(small_raw_dataset)
+    # the priors predict the target itself: no residual to measure, so the SR statistics stay what they were
+    assert sr_degradations(with_recon) == sr_degradations(spec) == {1: {"avgpool_2x2x2": [2, 2, 2]}}
+    out.write_text(json.dumps({**fp, "marker": 1}))
+    assert load_or_extract_fingerprint(with_recon, cases, out, num_processes=1)["marker"] == 1

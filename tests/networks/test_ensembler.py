@@ -183,3 +183,17 @@ def test_ensembler_input_errors(tiny_ensembler, tiny_plans):
         Ensembler(network, ["2d_axial"], ["epsilon_residual"])
     with pytest.raises(ValueError, match="2d_sagittal"):
         Ensembler({**network, "out_channels": 2}, ["2d_axial", "2d_coronal"], ["epsilon_residual"] * 2)
+
+
+def test_an_ensembler_without_conditions_fuses_its_experts(tiny_ensembler, tiny_plans, randomize):
+    network, shape = tiny_ensembler
+    unconditional = dict(network, in_channels=0 + 1 + 2)             # a recon task: n_cond = 0
+    model = Ensembler(unconditional, EXPERTS, ["epsilon_target"] * 2).eval()
+    condition, y_t, eps, t = inputs(unconditional, shape, 2)
+    assert condition.shape[1] == 0
+    features = restacked_features(tiny_plans, unconditional, shape)
+    with torch.no_grad():
+        assert torch.equal(model(condition, y_t, eps, t, features), 0.5 * eps[0] + 0.5 * eps[1])   # untrained
+        randomize(model)
+        eps_hat = model(condition, y_t, eps, t, features)
+    assert eps_hat.shape == (1, 1, *shape) and torch.isfinite(eps_hat).all()

@@ -77,3 +77,15 @@ def test_bfloat16_expert_runs_on_cpu(tiny_plans):
         eps, features = expert(torch.randn(2, network["in_channels"], 32, 32, dtype=torch.bfloat16),
                                torch.tensor([0, 999]))
     assert eps.dtype == torch.bfloat16 and all(f.dtype == torch.bfloat16 for f in features)
+
+
+@pytest.mark.parametrize("position_channels", [0, 3])
+def test_an_unconditional_expert_takes_y_t_and_its_positions_alone(tiny_plans, position_channels):
+    network = dict(network_for_task(tiny_plans, "2d_axial", "mt"), position_channels=position_channels,
+                   in_channels=expert_input_channels(0, 2, position_channels))
+    assert network["in_channels"] == 1 + position_channels          # no condition: its context adds nothing
+    expert = build_expert(network).eval()
+    x = torch.randn(3, network["in_channels"], *tiny_plans["configurations"]["2d_axial"]["patch_size"])
+    with torch.no_grad():
+        eps, features = expert(x, torch.full((3,), 10))
+    assert eps.shape == (3, 1, *x.shape[2:]) and torch.isfinite(eps).all() and len(features) == 3

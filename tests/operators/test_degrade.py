@@ -85,3 +85,12 @@ def test_unknown_degradation_and_wrong_shape_are_refused():
         degrade_image(np.zeros((4, 4, 4)), props, {"type": "blur", "factor": [2, 2, 2]})
     with pytest.raises(ValueError, match="does not match"):
         degrade_image(np.zeros((4, 4, 5)), props, {"type": "avgpool", "factor": [2, 2, 2]})
+
+
+def test_a_kspace_degradation_is_refused_with_the_operator_to_build_instead():
+    kspace = {"type": "kspace", "mask": "poisson", "acceleration": 8.0, "acs": 12, "slice_axis": 2}
+    props = {"shape": [8, 8, 8], "spacing": [1.0] * 3, "origin": [0.0] * 3, "direction": np.eye(3).tolist()}
+    for build in (lambda: operator_for(kspace), lambda: degrade_image(np.ones((8, 8, 8)), props, kspace)):
+        with pytest.raises(ValueError, match="undersamples k-space: operator_for and degrade_image build only average "
+                                             "pooling. Fix: .*kspace_mask.*FileOrderKSpace.from_canonical_mask"):
+            build()

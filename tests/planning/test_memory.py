@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffens_auto.planning.memory import (MemoryEstimate, count_parameters, estimate_inference_memory,
-                                          estimate_training_memory, forward_peak, training_activations, unet_layers)
+from diffens_auto.planning.memory import (KSPACE_BYTES_PER_VOXEL, MemoryEstimate, count_parameters,
+                                          estimate_inference_memory, estimate_training_memory, forward_peak,
+                                          training_activations, unet_layers)
 
 
 def make_network(**overrides) -> dict:
@@ -265,6 +266,22 @@ def test_ensembler_memory_grows_with_volume():
     large, _ = _ensembler_configuration([64, 64, 48])
     assert (estimate_training_memory(small, "bfloat16", experts=experts).total_bytes
             < estimate_training_memory(large, "bfloat16", experts=experts).total_bytes)
+
+
+@pytest.mark.parametrize("kind", ["expert", "ensembler"])
+def test_a_kspace_task_adds_its_measurement_and_cg_state_to_inference_only(kind):
+    if kind == "expert":
+        configuration, experts = _expert_configuration(in_channels=4), None     # y_t + 3 positions, no condition
+    else:
+        configuration, experts = _ensembler_configuration([32, 32, 24])
+    volume = [48, 40, 32]
+    plain, recon = (estimate_inference_memory(configuration, "bfloat16", volume_shape=volume, experts=experts,
+                                              kspace=kspace) for kspace in (False, True))
+    # complex64 y and FFT input/output, float32 CG right-hand side and four vectors, over the whole volume
+    assert KSPACE_BYTES_PER_VOXEL == 3 * 8 + 5 * 4
+    assert recon.measurement_buffers == KSPACE_BYTES_PER_VOXEL * math.prod(volume)
+    assert recon.total_bytes - plain.total_bytes == recon.measurement_buffers and plain.measurement_buffers == 0
+    assert "measurement_buffers" in recon.as_gb() and "measurement_buffers" not in plain.as_gb()
 
 
 def test_estimate_total_is_the_sum_of_its_parts_and_includes_workspace():

@@ -260,3 +260,104 @@ def test_an_sr_task_without_measured_residual_is_refused_with_the_fix():
     del fp["residual_statistics_per_channel"]
     with pytest.raises(PlanningError, match="no residual statistics of channel 3 under avgpool_4x4x4.*re-run"):
         plan_experiment(fp, {"sr": BRATS_TASKS["sr"]}, BRATS_CHANNELS, "Dataset500_BraTS", 40.0)
+
+
+# ------------------------------------------------------------------ a reconstruction (kspace) task
+
+
+RECON = {"target": 0, "inputs": [], "degradation": {"type": "kspace", "mask": "poisson", "acceleration": 8,
+                                                    "acs": 12, "slice_axis": 2}}
+RECON_SECTION = {
+    "target": 0, "target_name": "T1", "inputs": [], "input_names": [],
+    "degradation": {"type": "kspace", "mask": "poisson", "acceleration": 8.0, "acs": 12, "slice_axis": 2,
+                    "noise_std": 0.0, "mask_per_slice": False},
+    "condition_channels": [], "parametrization": "epsilon_target", "prediction": "epsilon",
+    "target_normalization": "degraded:kspace_poisson_8x_acs12_z", "input_normalization": "case",
+    "ensembler_lambda": 1.0}
+
+
+def test_a_recon_task_plans_an_unconditional_prior_of_its_scaled_target():
+    rng = np.random.default_rng(2)
+    shapes = [np.array([40, 44, 36]) + rng.integers(-3, 1, 3) for _ in range(6)]
+    fp = fingerprint(shapes, [[1.0, 1.0, 1.0]] * 6, 1)
+    del fp["residual_statistics_per_channel"]          # a recon task needs no residual statistics
+    plans = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "Dataset902_Recon", preset="tiny")
+    assert plans["tasks"]["recon"] == RECON_SECTION     # no residual_scale, clip_x0 or start_timestep
+    assert plans_problems(plans) == []
+    # no block grid: the crop is a multiple of the network stride alone
+    stride = 2 ** (plans["num_levels"] - 1)
+    assert plans["crop_multiples"] == [stride] * 3 and plans["crop_size"] == [40, 44, 36]
+    for name, configuration in plans["configurations"].items():
+        in_channels = 1 + 0 + 3 if configuration["kind"] == "expert" else 0 + 1 + 2
+        assert configuration["in_channels_per_task"] == {"recon": in_channels}
+        assert network_for_task(plans, name, "recon")["in_channels"] == in_channels
+        assert 0 < configuration["memory_estimate_gb"] < 1 and 0 < configuration["inference_memory_estimate_gb"] < 1
+        breakdown = configuration["memory_estimate_breakdown"]
+        assert all(math.isfinite(gb) for part in breakdown.values() for gb in part.values())
+        # sampling holds the measurement and DDS's CG state over the crop
+        assert breakdown["inference"]["measurement_buffers"] > 0 and "measurement_buffers" not in breakdown["training"]
+
+
+def test_a_real_size_recon_task_plans_beside_the_sr_tasks_and_leaves_them_unchanged(brats_40):
+    plans = plan_experiment(brats_fingerprint(), {**BRATS_TASKS, "recon": RECON}, BRATS_CHANNELS,
+                            "Dataset500_BraTS", 40.0)
+    assert plans_problems(plans) == []
+    assert plans["tasks"]["recon"] == RECON_SECTION
+    assert {name: plans["tasks"][name] for name in BRATS_TASKS} == brats_40["tasks"]
+    assert plans["crop_size"] == brats_40["crop_size"] and plans["crop_multiples"] == brats_40["crop_multiples"]
+    axial = plans["configurations"]["2d_axial"]
+    assert axial["in_channels_per_task"] == {"sr": 9, "mt": 9, "both": 14, "recon": 4}
+    assert plans["configurations"]["3d_ensembler"]["in_channels_per_task"]["recon"] == 3
+    for name, configuration in plans["configurations"].items():
+        reference = brats_40["configurations"][name]
+        # the networks (sized for the largest task) and training estimates are those of the plans without it
+        assert configuration["network"] == reference["network"]
+        assert configuration["memory_estimate_gb"] == reference["memory_estimate_gb"]
+        assert configuration["inference_memory_estimate_gb"] > reference["inference_memory_estimate_gb"]
+        assert configuration["inference_memory_estimate_gb"] <= 40
+
+
+def test_a_real_size_recon_dataset_fits_its_budget_in_every_estimate():
+    fp = brats_fingerprint(num_channels=1)
+    plans = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "Dataset502_Recon", 8.0)
+    assert plans["tasks"]["recon"] == RECON_SECTION
+    configurations, workspace = plans["configurations"], plans["memory_model"]["workspace_gb"]
+    for name, configuration in configurations.items():
+        experts = {e: configurations[e] for e in configuration.get("experts", [])}
+        gb = estimate_inference_memory(configuration, plans["dtype"], volume_shape=plans["crop_size"], experts=experts,
+                                       slice_batch_size=plans["inference"]["slice_batch_size"],
+                                       workspace_gb=workspace, kspace=True).total_gb
+        assert gb == pytest.approx(configuration["inference_memory_estimate_gb"], abs=1e-3) and gb <= 8
+        assert configuration["memory_estimate_gb"] <= 8
+        assert configuration["in_channels_per_task"]["recon"] == (4 if configuration["kind"] == "expert" else 3)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda task: task["degradation"].update(acceleration=1), "field 'acceleration' is 1; it must be a finite "
+                                                             "number > 1. Fix: correct it"),
+    (lambda task: task["degradation"].update(mask="radial"), "field 'mask' is 'radial'; it must be one of"),
+    (lambda task: task["degradation"].update(coils=8), r"unknown fields \['coils'\].*Fix: give exactly the fields"),
+    (lambda task: task["degradation"].pop("acceleration"), r"lacks \['acceleration'\]"),
+    (lambda task: task.update(inputs=[1]), r"lists inputs \[1\]. Fix: write \"inputs\": \[\]"),
+    (lambda task: task["degradation"].update(type="blur"), "unknown degradation type 'blur'. Fix: use 'avgpool'"),
+])
+def test_a_malformed_recon_task_is_a_planning_error_naming_task_field_and_fix(change, message):
+    task = json.loads(json.dumps(RECON))
+    change(task)
+    with pytest.raises(PlanningError, match="Task 'recon': .*" + message):
+        plan_experiment(brats_fingerprint(), {"recon": task}, BRATS_CHANNELS, "Dataset500_BraTS", 40.0)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda task: task.update(condition_channels=[0]), "its experts are unconditional priors"),
+    (lambda task: task.update(parametrization="epsilon_residual"), "needs 'epsilon_target'"),
+    (lambda task: task.update(target_normalization="dataset"), "kspace_poisson_8x_acs12_z"),
+    (lambda task: task.update(residual_scale=4.0), "'residual_scale', which only an SR residual has"),
+    (lambda task: task["degradation"].pop("mask"), r"kspace degradation without \['mask'\]"),
+    (lambda task: task["degradation"].update(slice_axis="z"), "malformed kspace degradation"),
+])
+def test_validate_plans_refuses_a_recon_task_edited_into_something_else(edit, problem):
+    plans = plan_experiment(brats_fingerprint(num_channels=1), {"recon": RECON}, {0: "T1"}, "D", 40.0, preset="tiny")
+    edit(plans["tasks"]["recon"])
+    with pytest.raises(PlansError, match=f"task 'recon'.*{problem}"):
+        validate_plans(plans)

@@ -1,9 +1,14 @@
+import hashlib
+
 import numpy as np
 import pytest
+import torch
 
+from diffens_auto.operators import kspace_mask
 from diffens_auto.preprocessing.normalization import (case_normalization, degradation_key, degraded_params, denormalize,
-                                                      normalize, params_from_lowres, params_from_values, renormalize,
-                                                      select_params)
+                                                      kspace_params, mask_seed, normalize, params_from_lowres,
+                                                      params_from_values, renormalize, select_params,
+                                                      zero_filled_params)
 
 PLANS = {"normalization": {"scheme": "percentile_affine", "percentiles": [0.5, 99.5],
                            "dataset": {"1": {"center": 500.0, "half_range": 400.0}}},
@@ -77,3 +82,70 @@ def test_select_params():
     assert select_params(entry, {"center": 5, "half_range": 6}) == {"center": 5.0, "half_range": 6.0}
     with pytest.raises(KeyError, match="available"):
         select_params(entry, "dataset")
+
+
+# ------------------------------------------------------------------ a k-space task's scale
+
+
+KSPACE = {"type": "kspace", "mask": "uniform1d", "acceleration": 3.0, "acs": 2, "slice_axis": 2, "noise_std": 0.0,
+          "mask_per_slice": False}
+
+
+def _object(shape=(12, 10, 8), seed=4):
+    """A positive blob on a zero background (raw intensities)."""
+    channel = np.zeros(shape)
+    channel[2:10, 2:9, 1:7] = np.random.default_rng(seed).uniform(50, 400, (8, 7, 6))
+    return channel
+
+
+def _zero_filled_by_hand(x, mask, axes):
+    """A⁺ A x with the centred orthonormal FFT over `axes`, written out with numpy."""
+    k = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=axes), axes=axes, norm="ortho"), axes=axes)
+    k = k * mask
+    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+
+@pytest.mark.parametrize("degradation, axes", [
+    (KSPACE, (0, 1)),
+    (dict(KSPACE, mask="poisson", acceleration=2.5, slice_axis=0, mask_per_slice=True), (1, 2)),
+])
+def test_the_kspace_scale_is_the_p99_5_of_the_zero_filled_image_by_hand(degradation, axes):
+    x = _object()
+    mask = kspace_mask(degradation, x.shape, seed=7).numpy()
+    assert 1 < mask.size / mask.sum() < 5                      # undersampled, not empty
+    expected = np.percentile(np.abs(_zero_filled_by_hand(x, mask, axes)), 99.5)
+    params = kspace_params(x, degradation, 7)
+    assert params["center"] == 0.0
+    assert params["half_range"] == pytest.approx(expected, rel=1e-10)
+    # undersampling spreads the object's energy: the zero-filled image is dimmer than the object itself
+    assert params["half_range"] < np.percentile(np.abs(x), 99.5)
+    assert kspace_params(x, degradation, 8)["half_range"] != params["half_range"]
+
+
+def test_a_fully_sampled_mask_gives_the_objects_own_percentile():
+    x = _object()
+    full = dict(KSPACE, acceleration=1.0, acs=0)                # every line: A⁺ A = identity
+    assert kspace_params(x, full, 0) == pytest.approx({"center": 0.0, "half_range": np.percentile(x, 99.5)})
+
+
+def test_zero_filled_params_take_the_magnitude_and_guard_empty_images():
+    image = torch.tensor([[3.0 + 4.0j, 0.0], [0.0, -1.0]], dtype=torch.complex64)
+    assert zero_filled_params(image, (0.5, 100.0)) == {"center": 0.0, "half_range": pytest.approx(5.0)}
+    assert zero_filled_params(np.zeros((3, 3, 3))) == {"center": 0.0, "half_range": 1.0}
+    assert zero_filled_params(np.array([0.0] * 999 + [2.0])) == {"center": 0.0, "half_range": 2.0}
+
+
+def test_case_normalization_stores_the_kspace_scale_of_the_case_seeded_by_its_id():
+    plans = {"normalization": {"percentiles": [0.5, 99.5]},
+             "tasks": {"recon": {"target": 1, "inputs": [], "degradation": KSPACE},
+                       "sr": {"target": 1, "inputs": [], "degradation": {"type": "avgpool", "factor": [2, 2, 2]}}}}
+    data = np.stack([_object(seed=1), _object(seed=2)])
+    mask = data[1] != 0
+    norm = case_normalization(data, mask, data, plans, case_id="Ellipses_003")
+    key = degradation_key(KSPACE)
+    assert set(norm["1"]["degraded"]) == {key, "avgpool_2x2x2"} and norm["0"]["degraded"] == {}
+    assert norm["1"]["degraded"][key] == kspace_params(data[1], KSPACE, mask_seed("Ellipses_003"))
+    assert select_params(norm["1"], f"degraded:{key}")["center"] == 0.0
+    # a stable hash of the id (Python's hash() differs between runs), so every run draws the same mask
+    assert mask_seed("Ellipses_003") == int.from_bytes(hashlib.sha256(b"Ellipses_003").digest()[:4], "little")
+    assert mask_seed("Ellipses_003") != mask_seed("Ellipses_004")

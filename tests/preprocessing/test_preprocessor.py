@@ -7,8 +7,8 @@ import SimpleITK as sitk
 
 from diffens_auto.foreground import EmptyCaseError
 from diffens_auto.imageio import check_same_geometry, read_image
-from diffens_auto.preprocessing import (degraded_params, export_prediction, invert_preprocessing, preprocess_case,
-                                        renormalize, select_params)
+from diffens_auto.preprocessing import (degraded_params, export_prediction, invert_preprocessing, kspace_params,
+                                        mask_seed, preprocess_case, preprocessing_settings, renormalize, select_params)
 
 
 def oblique_direction(degrees: float = 15.0) -> np.ndarray:
@@ -142,6 +142,27 @@ def test_properties_and_normalisations(tmp_path):
     assert degraded == pytest.approx(degraded_params(raw, (4, 4, 4)), rel=1e-5)
     as_degraded = renormalize(data[1], norm1["case"], degraded)
     assert np.allclose(as_degraded, (raw - degraded["center"]) / degraded["half_range"], atol=1e-5)
+
+
+def test_a_recon_task_stores_its_scale_and_only_then_a_settings_entry(tmp_path):
+    files = two_channel_case(tmp_path, (14, 34, 32), (2.5, 1.0, 1.0))
+    degradation = {"type": "kspace", "mask": "poisson", "acceleration": 4.0, "acs": 6, "slice_axis": 2,
+                   "noise_std": 0.0, "mask_per_slice": False}
+    plans = plans_for((1.0, 1.0, 1.0))
+    recon = {**plans, "tasks": {**plans["tasks"], "recon": {"target": 0, "inputs": [], "degradation": degradation}}}
+    data, mask, props = preprocess_case(files, recon, "BraTS_001")
+    stored = props["normalization"]["0"]
+    scale = stored["degraded"]["kspace_poisson_4x_acs6_z"]
+    raw = data[0].astype(np.float64) * stored["case"]["half_range"] + stored["case"]["center"]
+    raw[~mask.astype(bool)] = 0
+    assert scale["center"] == 0.0
+    assert scale["half_range"] == pytest.approx(kspace_params(raw, degradation, mask_seed("BraTS_001"))["half_range"],
+                                                rel=1e-5)
+    # plans without a recon task keep the settings their cases were made with (nothing is preprocessed again)
+    assert "kspace_targets" not in preprocessing_settings(plans)
+    assert preprocessing_settings(recon)["kspace_targets"] == {"0": {"kspace_poisson_4x_acs6_z": degradation}}
+    assert {k: v for k, v in preprocessing_settings(recon).items() if k != "kspace_targets"} == \
+        preprocessing_settings(plans)
 
 
 def test_all_zero_case_is_a_clear_error(tmp_path):

@@ -131,3 +131,36 @@ def test_diffusion_for_task_takes_the_tasks_clip_and_truncated_start(plans):
     plans["tasks"]["mt"]["start_timestep"] = 100
     with pytest.raises(ValueError, match="Task 'mt': start_timestep starts sampling from y0 = 0.*Fix: remove"):
         diffusion_for_task(plans, "mt")
+
+
+# ------------------------------------------------------------------ a reconstruction task: an unconditional prior
+
+RECON = {"target": 0, "inputs": [], "degradation": {"type": "kspace", "mask": "poisson", "acceleration": 8.0,
+                                                    "acs": 12, "slice_axis": 2, "noise_std": 0.0,
+                                                    "mask_per_slice": False},
+         "condition_channels": [], "parametrization": "epsilon_target", "prediction": "epsilon",
+         "target_normalization": "degraded:kspace_poisson_8x_acs12_z", "input_normalization": "case"}
+
+
+def test_a_kspace_task_has_no_condition_and_y0_is_its_target():
+    from diffens_auto.tasks.conditioning import pooling, y0_from_target
+    target, inputs = _volumes(0)
+    condition, y0 = make_condition(target, inputs, RECON)
+    assert condition.shape == (2, 0, 8, 12, 8) and pooling(RECON) is None
+    torch.testing.assert_close(y0, target, rtol=0, atol=0)
+    torch.testing.assert_close(y0_from_target(target, condition, RECON), target, rtol=0, atol=0)
+    torch.testing.assert_close(target_from_y0(y0, condition, RECON), target, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs a degradation by average pooling.*or with a kspace one"):
+        make_condition(target, inputs, dict(RECON, parametrization="epsilon_residual"))
+
+
+def test_a_kspace_task_scales_its_target_by_the_stored_zero_filled_scale():
+    properties = {"normalization": {"0": {"case": {"center": 100.0, "half_range": 50.0},
+                                          "degraded": {"kspace_poisson_8x_acs12_z": {"center": 0.0,
+                                                                                      "half_range": 400.0}}}}}
+    plans = {"tasks": {"recon": RECON}, "normalization": {"dataset": {}}}
+    stored = np.array([[[[-2.0, 0.0, 2.0]]]], dtype=np.float32)       # raw 0, 100, 200 in the "case" scale
+    target, inputs = task_volumes(stored, properties, plans, "recon")
+    np.testing.assert_allclose(target[0], [[[0.0, 0.25, 0.5]]], atol=1e-7)   # raw / 400: no offset
+    assert inputs.shape == (0, 1, 1, 3)
+    assert task_background(properties, plans, "recon").tolist() == [0.0]     # raw 0 stays 0 (no spike at DC)

@@ -29,3 +29,12 @@ def test_a_case_larger_than_the_crop_continues_the_coordinates_linearly():
     torch.testing.assert_close(steps, torch.full_like(steps, 2 / 31))
     # centred: the crop's -1..1 sits in the middle, 4 voxels on either side beyond it
     assert positions[4].item() == pytest.approx(-1.0) and positions[35].item() == pytest.approx(1.0)
+
+
+def test_a_kspace_task_has_no_block_grid():
+    from diffens_auto.tasks.placement import block_step
+    kspace = {"type": "kspace", "mask": "uniform1d", "acceleration": 4.0, "acs": 12, "slice_axis": 0,
+              "noise_std": 0.0, "mask_per_slice": True}
+    assert block_step({"degradation": kspace}) == (1, 1, 1)
+    assert block_step({"degradation": None}) == (1, 1, 1)
+    assert block_step({"degradation": {"type": "avgpool", "factor": [4, 2, 1]}}) == (4, 2, 1)
