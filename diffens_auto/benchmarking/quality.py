@@ -42,8 +42,8 @@ from diffens_auto.workflows.train import train
 
 TEST_SEED_OFFSET = 1000
 ENSEMBLER = "3d_ensembler"
-TASK_TITLES = {"sr": "super-resolution of FLAIR", "mt": "translation T1ce -> FLAIR",
-               "both": "translation of T1ce and super-resolution of FLAIR at once"}
+TASK_TITLES = {"sr": "{f}x super-resolution of FLAIR", "mt": "translation T1ce -> FLAIR",
+               "both": "T1ce and the {f}x pooled FLAIR -> FLAIR"}
 
 
 class QualityBenchmarkError(DiffensError, ValueError):
@@ -248,8 +248,7 @@ def _point_rows(evaluations: dict, floor_name: str) -> dict:
 
 def _title(settings: dict) -> str:
     task = settings.get("task", "sr")
-    factor = f"{settings['sr_factor']}x " if task != "mt" else ""
-    return f"{task}: {factor}{TASK_TITLES[task]}"
+    return f"{task}: " + TASK_TITLES[task].format(f=settings["sr_factor"])
 
 
 def format_quality_table(results: dict) -> str:
