@@ -324,29 +324,33 @@ def make_demo_dataset(
 def _write_brain_cases(folder: Path, *, num_cases, seed, shape, spacing, noise, sr_factor) -> dict:
     """Write the brain cases (removing stale ones) and return their dataset.json."""
     cases = demo_cases(num_cases, seed, shape, spacing, noise)
-    for case in cases:
-        write_case(case, folder)
-    _remove_stale_cases(folder, {case.case_id for case in cases}, DATASET_NAME)
-    description = (
-        "Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo): "
-        f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
-        "Labels are the phantom's tissues; every case has its own orientation, origin and spacing."
-    )
+    about = "Labels are the phantom's tissues; every case has its own orientation, origin and spacing."
+    description = _write_kind(folder, cases, write_case, DATASET_NAME,
+                              f"Synthetic multi-contrast brain phantoms with a tumour (diffens_auto demo): "
+                              f"{_settings_text(seed, shape, spacing, noise)} {about}")
     return demo_dataset_json(num_cases, description, sr_factor)
 
 
 def _write_ellipsoid_cases(folder: Path, *, num_cases, seed, shape, spacing, noise, sr_factor) -> dict:
     """Write the ellipsoid cases (removing stale ones) and return their dataset.json."""
     phantoms = ellipsoid_cases(num_cases, seed, shape, spacing, noise)
-    for phantom in phantoms:
-        write_ellipsoid_case(phantom, folder)
-    _remove_stale_cases(folder, {phantom.case_id for phantom in phantoms}, ELLIPSES_DATASET_NAME)
-    description = (
-        "Random 3D ellipsoid phantoms, the ELLIPSES prior in 3D (diffens_auto demo): "
-        f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}. "
-        "Every case lies on the same axis-aligned grid and is exactly 0 outside a centred ball."
-    )
+    about = "Every case lies on the same axis-aligned grid and is exactly 0 outside a centred ball."
+    description = _write_kind(folder, phantoms, write_ellipsoid_case, ELLIPSES_DATASET_NAME,
+                              f"Random 3D ellipsoid phantoms, the ELLIPSES prior in 3D (diffens_auto demo): "
+                              f"{_settings_text(seed, shape, spacing, noise)} {about}")
     return ellipsoid_dataset_json(num_cases, description, sr_factor)
+
+
+def _settings_text(seed, shape, spacing, noise) -> str:
+    return f"seed {seed}, field of view {list(shape)} voxels x {list(spacing)} mm, noise {noise}."
+
+
+def _write_kind(folder: Path, cases, write, name: str, description: str) -> str:
+    """Write each case with `write`, remove the kind's stale cases; returns the description unchanged."""
+    for case in cases:
+        write(case, folder)
+    _remove_stale_cases(folder, {case.case_id for case in cases}, name)
+    return description
 
 
 def _check_id_is_free(output_folder: Path, dataset_id: int, kind: str) -> None:
