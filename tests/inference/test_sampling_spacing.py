@@ -10,7 +10,7 @@ SR = {"target": 1, "degradation": {"type": "avgpool", "factor": [4, 4, 4]}}
 @pytest.fixture
 def plans():
     plans = tiny_plans()
-    assert plans["inference"]["sr_spacing_tolerance"] == 0.0          # what the planner writes (measured)
+    assert plans["inference"]["sr_spacing_tolerance"] == 1.0          # what the planner writes (measured)
     plans["inference"]["sr_spacing_tolerance"] = 0.1
     plans["target_spacing"] = [1.0, 1.0, 2.0]
     return plans
@@ -25,7 +25,14 @@ def test_an_sr_case_is_sampled_on_its_own_grid_within_the_tolerance(plans, spaci
     assert sampling_spacing(plans, {"spacing": spacing}, SR) == expected
 
 
-def test_the_planned_tolerance_samples_only_cases_on_the_target_spacing_with_per_step_projection(plans):
+def test_the_planned_tolerance_samples_cases_up_to_twice_the_target_spacing_on_their_own_grid(plans):
+    plans["inference"]["sr_spacing_tolerance"] = 1.0
+    assert sampling_spacing(plans, {"spacing": [1.2, 1.2, 2.4]}, SR) == ([1.2, 1.2, 2.4], True)
+    assert sampling_spacing(plans, {"spacing": [0.5, 1.0, 4.0]}, SR) == ([0.5, 1.0, 4.0], True)
+    assert sampling_spacing(plans, {"spacing": [1.0, 1.0, 4.1]}, SR) == ([1.0, 1.0, 2.0], False)
+
+
+def test_a_zero_tolerance_samples_only_cases_on_the_target_spacing_with_per_step_projection(plans):
     plans["inference"]["sr_spacing_tolerance"] = 0.0
     assert sampling_spacing(plans, {"spacing": [1.0, 1.0, 2.0]}, SR) == ([1.0, 1.0, 2.0], True)
     assert sampling_spacing(plans, {"spacing": [1.01, 1.0, 2.0]}, SR) == ([1.0, 1.0, 2.0], False)
