@@ -3,7 +3,8 @@
 Pure tensor code on (B, C, X, Y, Z) volumes; the slice axis is a spatial axis as in `slicing.py` (0 = X, 1 = Y,
 2 = Z). The operator is any object with `cg_data_consistency(x0_hat, y, gamma, num_steps)` (e.g.
 `operators.KSpaceUndersampling`); it is passed in, so this module imports no operator. The prior is real-valued:
-`zero_filled` is a real image (the caller picks Re or |A^+ y|). Prediction does not use this module yet.
+`zero_filled` is a real image (the caller picks Re or |A^+ y|). Recon prediction (inference/recon_prediction.py)
+runs `dds_sample`.
 
     start = dds_start(zero_filled, schedule, t', slice_axis=2, generator=g)     # D3IP Eq. 16
     hook = DDSDataConsistency(operator, y, gamma=5.0, cg_steps=5, clip=(lo, hi))  # D3IP Eq. 27-28 after the clip

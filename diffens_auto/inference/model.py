@@ -28,7 +28,7 @@ from diffens_auto.model_folder.files import PLANS_FILE, load_model_dataset_json,
 from diffens_auto.model_folder.location import (ModelFolderError, ModelLocation, model_folders, parse_fold,
                                                 plans_names_in_results)
 from diffens_auto.model_folder.recorded_experts import recorded_expert_files
-from diffens_auto.planning.plans_file import load_plans
+from diffens_auto.planning.plans_file import PlansNotFoundError, load_plans
 from diffens_auto.tasks.fusion import in_ensembler_space
 
 EXPERT_STRATEGIES = ("average", "tpdm")
@@ -169,6 +169,29 @@ def _model_plans(dataset_results: Path, task: str, configuration: str | None, pl
     for model in [m for m in trained if m.configuration == configuration] + trained:
         return load_model_plans(model.model_folder, dataset_results.name, plans_name)
     return load_plans(paths.preprocessed_folder() / dataset_results.name, plans_name)
+
+
+def load_task_plans(dataset, task: str, plans_name: str | None = None) -> tuple[str, dict]:
+    """(dataset name, plans) of a task without loading a model: any model folder's plans, else the preprocessed's.
+
+    For what needs the plans alone (the zero-filled baseline of a recon task). The plans name is `plans_name`, else
+    the only one the task's models were trained with, else the only plans file of the preprocessed folder.
+    """
+    dataset_name = resolve_dataset_name(dataset)
+    dataset_results = paths.results_folder() / dataset_name
+    if plans_name is None and plans_names_in_results(dataset_results, task):
+        plans_name = _plans_name(dataset_results, task, None)
+    try:
+        if plans_name is None:
+            plans = load_plans(paths.preprocessed_folder() / dataset_name)
+        else:
+            plans = _model_plans(dataset_results, task, None, plans_name)
+    except PlansNotFoundError as e:
+        raise PredictionSetupError(f"-t {task}: no trained model and {e}") from None
+    if task not in plans["tasks"]:
+        raise PredictionSetupError(f"-t {task}: no such task in plans {plans['plans_name']} (tasks: "
+                                   f"{sorted(plans['tasks'])}).")
+    return dataset_name, plans
 
 
 def _record(role: str, name: str, path: Path, sha256: str | None = None) -> dict:

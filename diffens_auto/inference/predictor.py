@@ -44,6 +44,7 @@ from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import operator_for
+from diffens_auto.planning.task_sections import is_kspace
 from diffens_auto.tasks.conditioning import diffusion_for_task, target_from_y0, y0_from_target
 from diffens_auto.tasks.placement import block_step, case_positions
 
@@ -52,12 +53,12 @@ RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_
                "steps", "seed", "num_samples", "consistency", "input_grid")
 
 
-def check_same_settings(settings_file: Path, settings: dict) -> None:
+def check_same_settings(settings_file: Path, settings: dict, *, keys=RESUME_KEYS) -> None:
     """Refuse to continue a run whose earlier outputs were made with another model or sampling setting."""
     if not settings_file.is_file():
         return
     earlier = json.loads(settings_file.read_text(encoding="utf-8"))
-    changed = [k for k in RESUME_KEYS if json.loads(json.dumps(earlier.get(k))) != json.loads(json.dumps(settings[k]))]
+    changed = [k for k in keys if json.loads(json.dumps(earlier.get(k))) != json.loads(json.dumps(settings[k]))]
     if changed:
         details = "; ".join(f"{k}: {earlier.get(k)!r} then, {settings[k]!r} now" for k in changed
                             if k != "checkpoints") + ("; checkpoints differ" if "checkpoints" in changed else "")
@@ -80,12 +81,13 @@ class DiffensPredictor:
 
     def __init__(self, *, steps: int | None = None, sampler: str | None = None, eta: float | None = None,
                  seed: int = 0, num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr",
-                 device="cpu", slice_batch_size: int | None = None, progress: bool = True, previews: bool = False):
+                 device="cpu", slice_batch_size: int | None = None, progress: bool = True, previews: bool = False,
+                 dc_gamma: float | None = None, dc_steps: int | None = None):
         """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
         self.sampling = SamplingSettings(steps=steps, sampler=sampler, eta=eta, seed=int(seed),
                                          num_samples=int(num_samples),
                                          consistency=consistency, input_grid=input_grid,
-                                         slice_batch_size=slice_batch_size)
+                                         slice_batch_size=slice_batch_size, dc_gamma=dc_gamma, dc_steps=dc_steps)
         self.consistency = True if consistency is None else bool(consistency)   # the plans' once a model is loaded
         self.device = check_device(device, PredictionSetupError)
         self.progress, self.previews = progress, previews
@@ -115,6 +117,13 @@ class DiffensPredictor:
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":
         """Use an already loaded model (validation after training loads its own)."""
+        if is_kspace(model.task_plans.get("degradation")):
+            from diffens_auto.inference.recon_prediction import recon_sampler
+            self.model, self.sampler = model, recon_sampler(model.plans, model.task, self.sampling)
+            return self
+        if self.sampling.dc_gamma is not None or self.sampling.dc_steps is not None:
+            raise PredictionSetupError(f"--dc_gamma / --dc_steps: task '{model.task}' has no k-space data "
+                                       "consistency (only recon tasks do). Fix: leave them out.")
         diffusion = diffusion_for_task(model.plans, model.task)
         if self.sampling.sampler is not None:
             diffusion["sampler"] = self.sampling.sampler
@@ -167,23 +176,27 @@ class DiffensPredictor:
             return y0_from_target(projected, condition, task_plans)
         return hook
 
-    def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
-        """num_samples targets of a prepared case, each a float32 image on the output grid."""
+    def case_denoiser(self, shape, pads, target_params: Mapping):
+        """The model's strategy as the eps-denoiser of a case padded by `pads` to `shape`, in its target scale."""
         model = self._require_model()
-        task_plans = model.task_plans
-        condition = case.condition.to(self.device)
-        hook = self._x0_hook(case)
-        outputs = []
         # experts of another task's space (a fusion ensembler) need the case's target normalisation
-        set_case_params(model.runners.values(), [[case.target_params["center"], case.target_params["half_range"]]])
+        set_case_params(model.runners.values(), [[target_params["center"], target_params["half_range"]]])
         strategy = model.strategy
         if any(getattr(runner, "position_channels", 0) for runner in getattr(strategy, "runners", [])):
             # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
-            unpadded = [n - a - b for n, (a, b) in zip(case.shape, case.pads)]
-            positions = case_positions(unpadded, case.pads, model.plans["crop_size"], block_step(task_plans),
+            unpadded = [n - a - b for n, (a, b) in zip(shape, pads)]
+            positions = case_positions(unpadded, pads, model.plans["crop_size"], block_step(model.task_plans),
                                        device=self.device)
             strategy = WithPositions(strategy, positions)
-        denoiser = as_eps_denoiser(strategy, self.sampler.schedule, task_plans.get("prediction", "epsilon"))
+        return as_eps_denoiser(strategy, self.sampler.schedule, model.task_plans.get("prediction", "epsilon"))
+
+    def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
+        """num_samples targets of a prepared case, each a float32 image on the output grid."""
+        task_plans = self._require_model().task_plans
+        condition = case.condition.to(self.device)
+        hook = self._x0_hook(case)
+        outputs = []
+        denoiser = self.case_denoiser(case.shape, case.pads, case.target_params)
         for i in range(self.sampling.num_samples):
             y0 = sample(denoiser, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
                         x0_hook=hook, progress=self.progress, device=self.device)
@@ -250,6 +263,11 @@ class DiffensPredictor:
         exist; num_parts/part_id predict every num_parts-th case (parts run in parallel processes or machines).
         """
         model = self._require_model()
+        if is_kspace(model.task_plans.get("degradation")):
+            from diffens_auto.inference.recon_prediction import DDSReconstruction, predict_recon_folder
+            return predict_recon_folder(DDSReconstruction(self), input_folder, output_folder, continue_prediction,
+                                        num_parts=num_parts, part_id=part_id, progress=self.progress,
+                                        previews=self.previews)
         input_folder, output_folder = Path(input_folder), Path(output_folder)
         if input_folder.resolve() == output_folder.resolve():
             raise PredictionSetupError(f"-o {output_folder} is the input folder. Fix: write predictions elsewhere.")

@@ -1,4 +1,5 @@
-"""How a prediction samples: steps, sampler, eta, seed, samples per case, consistency, input grid, slice batch."""
+"""How a prediction samples: steps, sampler, eta, seed, samples per case, consistency, input grid, slice batch, and
+a recon task's data consistency (gamma, CG steps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ class SamplingSettings:
     consistency: bool | None = None        # the consistency projection (None: the plans')
     input_grid: str = "lr"                 # SR: "lr" (low-resolution scan) or "hr" (already on the target grid)
     slice_batch_size: int | None = None    # slices per expert forward pass (None: the plans')
+    dc_gamma: float | None = None          # recon: the data-to-prior weight of the CG data consistency (plans' dds)
+    dc_steps: int | None = None            # recon: CG steps of the data consistency per sampling step (plans' dds)
 
     def __post_init__(self):
         if self.eta is not None and not self.eta >= 0:
@@ -37,3 +40,8 @@ class SamplingSettings:
             raise PredictionSetupError(f"--num_samples {self.num_samples}: give at least 1.")
         if self.steps is not None and self.steps < 1:
             raise PredictionSetupError(f"--steps {self.steps}: give at least 1.")
+        if self.dc_gamma is not None and not self.dc_gamma >= 0:
+            raise PredictionSetupError(f"--dc_gamma {self.dc_gamma}: gamma weighs the measurement against the prior's "
+                                       "estimate; give a number >= 0 (0: the prior alone, default: the plans' 5).")
+        if self.dc_steps is not None and self.dc_steps < 0:
+            raise PredictionSetupError(f"--dc_steps {self.dc_steps}: give a number of CG steps >= 0.")

@@ -12,6 +12,9 @@ Conventions:
   float64). AH returns complex images. For real images the adjoint of A, as a map from real images to complex
   k-space with the real inner product Re⟨·,·⟩, is Re(Aᴴ ·): that is `AH_real`. `cg_data_consistency` solves in the
   dtype of x̂0: complex for complex x̂0, and for real x̂0 the real normal equations (γ Re(AᴴA) + I) x = γ Re(Aᴴy) + x̂0.
+- Independent systems: A acts on the `dims` alone, so every index of the other dims (batch items, channels, and
+  the slices along a dim the FFT does not run over, whatever their masks) is its own system. CG takes its step
+  sizes per system (`conjugate_gradient(..., system_dims=dims)`): a slice's result does not depend on the others.
 """
 from __future__ import annotations
 
@@ -89,4 +92,7 @@ class KSpaceUndersampling:
             normal, adjoint = (lambda v: gamma * self.AH(self.A(v)) + v), self.AH
         else:
             normal, adjoint = (lambda v: gamma * self.AH_real(self.A(v)) + v), self.AH_real
-        return conjugate_gradient(normal, gamma * adjoint(y) + x0_hat, x0=x0_hat, num_steps=num_steps)
+        # A never mixes the dims outside the FFT's (batch, channels, the slices of a 2D-per-slice FFT): each index
+        # of those is an independent system, solved with its own step sizes as if alone
+        return conjugate_gradient(normal, gamma * adjoint(y) + x0_hat, x0=x0_hat, num_steps=num_steps,
+                                  system_dims=self.dims)

@@ -18,6 +18,9 @@ SLIDING_WINDOW_OVERLAP = 0.5
 # spacing, sampling on their own grid gained 0.3-0.8 dB for every method over resampling (documentation/benchmarks.md)
 SR_SPACING_TOLERANCE = 1.0
 GAUSSIAN_SIGMA_SCALE = 0.125
+# a recon case is sampled on its scan's own grid; a spacing more than this far (relative, per axis) from the target
+# spacing the priors were trained at gets a warning in its summary row (a guess of what priors tolerate, not measured)
+RECON_SPACING_TOLERANCE = 0.25
 
 
 def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset_name: str,
@@ -64,7 +67,8 @@ def plan_experiment(fingerprint: dict, tasks: dict, channel_names: dict, dataset
         "configurations": configurations,
         "training": {"expert": dict(p.expert_training), "ensembler": dict(p.ensembler_training)},
         "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "gaussian_sigma_scale": GAUSSIAN_SIGMA_SCALE,
-                      "slice_batch_size": slice_batch_size, "sr_spacing_tolerance": SR_SPACING_TOLERANCE},
+                      "slice_batch_size": slice_batch_size, "sr_spacing_tolerance": SR_SPACING_TOLERANCE,
+                      "recon_spacing_tolerance": RECON_SPACING_TOLERANCE},
         "memory_model": {"workspace_gb": p.workspace_gb, "units": "GB = 2**30 bytes",
                          "documentation": "documentation/planning.md"},
     }

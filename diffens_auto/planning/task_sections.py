@@ -7,7 +7,8 @@ Three kinds of task (documentation/planning.md):
   the target scaled by the degraded volume's percentiles, conditioned on the inputs and the degraded target, with
   the residual scale and x0 clip measured by the fingerprint;
 - a `kspace` degradation (reconstruction): an unconditional prior (no condition channels) of the target
-  (`epsilon_target`, eps-prediction), scaled by the zero-filled image alone (`degraded:KEY`, center 0).
+  (`epsilon_target`, eps-prediction), scaled by the zero-filled image alone (`degraded:KEY`, center 0), with
+  the `dds` settings its prediction samples with (DDIM in DDS's eta convention, the CG data consistency).
 """
 import math
 from collections.abc import Mapping
@@ -19,6 +20,11 @@ from .presets import Preset
 
 # the fields of a planned kspace degradation, every default written out (as KSpaceDegradationSpec.to_dict)
 KSPACE_FIELDS = ("type", "mask", "acceleration", *KSPACE_DEFAULTS)
+# how a recon task samples (D3IP.md's defaults): DDIM with DDS's eta from t' = 980 ("linspace" from
+# start_timestep 980 visits 980, 960, ..., 0 for 50 steps and keeps 980 first for any other count), and
+# gamma / cg_steps of the CG data consistency (D3IP Eq. 27-28); num_inference_steps is the preset's
+DDS_SAMPLING = {"sampler": "ddim", "eta": 0.85, "eta_convention": "dds", "timestep_spacing": "linspace",
+                "start_timestep": 980, "gamma": 5.0, "cg_steps": 5}
 
 
 class PlanningError(DiffensError, ValueError):
@@ -146,7 +152,7 @@ def plan_task(name: str, task, channel_names: dict, p: Preset, residuals: Mappin
     # the average-pooled target is a condition; a k-space measurement is not (the priors are unconditional)
     pooled = degradation is not None and degradation["type"] == "avgpool"
     space = _diffusion_space(name, int(target), degradation, residuals)
-    return {
+    section = {
         "target": int(target),
         "target_name": channel_names[int(target)],
         "inputs": inputs,
@@ -160,3 +166,6 @@ def plan_task(name: str, task, channel_names: dict, p: Preset, residuals: Mappin
         "ensembler_lambda": p.ensembler_lambda,
         **space,
     }
+    if is_kspace(degradation):
+        section["dds"] = {**DDS_SAMPLING, "num_inference_steps": p.num_inference_steps}
+    return section

@@ -8,12 +8,14 @@ from diffens_auto.run.errors import run_command
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Translate every case of a folder with a trained model: super-resolution from low-resolution "
-                    "scans, modality translation, or both. Outputs CASE<file_ending> with the input's geometry "
-                    "(SR: the input grid x the task's factor), plus prediction_summary.json/.csv.",
+                    "scans, modality translation, or both; or reconstruct undersampled k-space (recon tasks: "
+                    "CASE.npz measurement bundles in, CASE.nii.gz magnitude images out). Outputs CASE<file_ending> "
+                    "with the input's geometry (SR: the input grid x the task's factor), plus "
+                    "prediction_summary.json/.csv.",
         epilog="Example: diffens_predict -i lowres/ -o sr_out/ -d 900 -t sr (documentation/prediction.md).")
     parser.add_argument("-i", dest="input_folder", required=True,
                         help="input folder: CASE_XXXX<file_ending> files (the task's channels); a one-channel task "
-                             "also takes any image file per case")
+                             "also takes any image file per case; a recon task: CASE.npz measurement bundles")
     parser.add_argument("-o", dest="output_folder", required=True, help="output folder")
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name (900, Dataset900_DemoBrain)")
     parser.add_argument("-t", dest="task", required=True, help="task: sr, mt, both, ...")
@@ -21,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", dest="configuration", default=None,
                         help="a trained ensembler (3d_ensembler, 3d_ensembler_small, a fusion name) or a strategy "
                              "over trained experts (average, tpdm, 2d_axial, ...); default: the ensembler if "
-                             "trained, else average")
+                             "trained, else average. Recon tasks also take zero_filled: |A+ y|, no model needed")
     parser.add_argument("--experts", nargs="+", default=None,
                         help="with -c average|tpdm: the expert configurations to combine (default: the plans' "
                              "ensembler's experts)")
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_grid", choices=("lr", "hr"), default="lr",
                         help="SR: the input is the low-resolution scan (lr, default) or already on the "
                              "high-resolution grid (hr)")
+    parser.add_argument("--dc_gamma", type=float, default=None,
+                        help="recon: gamma of DDS's data consistency, the weight of the measurement against the "
+                             "prior's estimate (default: the plans' dds.gamma, 5)")
+    parser.add_argument("--dc_steps", type=int, default=None,
+                        help="recon: CG steps of the data consistency per sampling step (default: the plans' "
+                             "dds.cg_steps, 5)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
@@ -52,28 +60,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_model(args) -> dict:
+    """Predict with a trained model (every task)."""
+    from diffens_auto.inference.predictor import DiffensPredictor
+    predictor = DiffensPredictor(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                                 num_samples=args.num_samples,
+                                 consistency=False if args.no_consistency else None, input_grid=args.input_grid,
+                                 device=args.device, slice_batch_size=args.slice_batch_size,
+                                 progress=not args.quiet, previews=args.previews, dc_gamma=args.dc_gamma,
+                                 dc_steps=args.dc_steps)
+    predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, args.fold, args.plans,
+                                            checkpoint=args.checkpoint, experts=args.experts)
+    return predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
+                                        num_parts=args.num_parts, part_id=args.part_id)
+
+
+def _zero_filled(args) -> dict:
+    """The zero-filled baseline of a recon task: the plans only, no model."""
+    from diffens_auto.inference.recon_prediction import zero_filled_from_files
+    return zero_filled_from_files(args.dataset, args.task, args.input_folder, args.output_folder, args.plans,
+                                  continue_prediction=args.continue_prediction, num_parts=args.num_parts,
+                                  part_id=args.part_id, progress=not args.quiet, previews=args.previews)
+
+
 def predict_entry() -> None:
     """diffens_predict: predict a folder of cases with a trained model; exit 1 if any case failed."""
     args = _parser().parse_args()
     failed = []
 
     def work():
-        from diffens_auto.inference.predictor import DiffensPredictor
-        predictor = DiffensPredictor(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
-                                     num_samples=args.num_samples,
-                                     consistency=False if args.no_consistency else None, input_grid=args.input_grid,
-                                     device=args.device, slice_batch_size=args.slice_batch_size,
-                                     progress=not args.quiet, previews=args.previews)
-        predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, args.fold, args.plans,
-                                                checkpoint=args.checkpoint, experts=args.experts)
-        summary = predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
-                                               num_parts=args.num_parts, part_id=args.part_id)
+        summary = _zero_filled(args) if args.configuration == "zero_filled" else _with_model(args)
         print(f"{summary['done']} predicted, {summary['skipped']} skipped, {summary['failed']} failed "
               f"-> {args.output_folder}")
         for row in summary["cases"]:
             if row["status"] == "failed":
                 print(f"FAILED {row['case']}: {row['message']}", file=sys.stderr)
                 failed.append(row["case"])
+            elif row["message"] and row["status"] == "done":    # a recon case's notes (spacing, reference)
+                print(f"NOTE {row['case']}: {row['message']}", file=sys.stderr)
     run_command(work)
     if failed:
         sys.exit(1)

@@ -274,6 +274,13 @@ RECON_SECTION = {
     "condition_channels": [], "parametrization": "epsilon_target", "prediction": "epsilon",
     "target_normalization": "degraded:kspace_poisson_8x_acs12_z", "input_normalization": "case",
     "ensembler_lambda": 1.0}
+# how prediction samples it (D3IP.md): DDIM with DDS's eta from t' = 980, gamma 5 and 5 CG steps; the preset's steps
+RECON_DDS = {"sampler": "ddim", "eta": 0.85, "eta_convention": "dds", "timestep_spacing": "linspace",
+             "start_timestep": 980, "gamma": 5.0, "cg_steps": 5}
+
+
+def _recon_section(steps: int) -> dict:
+    return {**RECON_SECTION, "dds": {**RECON_DDS, "num_inference_steps": steps}}
 
 
 def test_a_recon_task_plans_an_unconditional_prior_of_its_scaled_target():
@@ -282,7 +289,8 @@ def test_a_recon_task_plans_an_unconditional_prior_of_its_scaled_target():
     fp = fingerprint(shapes, [[1.0, 1.0, 1.0]] * 6, 1)
     del fp["residual_statistics_per_channel"]          # a recon task needs no residual statistics
     plans = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "Dataset902_Recon", preset="tiny")
-    assert plans["tasks"]["recon"] == RECON_SECTION     # no residual_scale, clip_x0 or start_timestep
+    assert plans["tasks"]["recon"] == _recon_section(10)   # no residual_scale, clip_x0 or start_timestep
+    assert plans["inference"]["recon_spacing_tolerance"] == 0.25
     assert plans_problems(plans) == []
     # no block grid: the crop is a multiple of the network stride alone
     stride = 2 ** (plans["num_levels"] - 1)
@@ -302,7 +310,7 @@ def test_a_real_size_recon_task_plans_beside_the_sr_tasks_and_leaves_them_unchan
     plans = plan_experiment(brats_fingerprint(), {**BRATS_TASKS, "recon": RECON}, BRATS_CHANNELS,
                             "Dataset500_BraTS", 40.0)
     assert plans_problems(plans) == []
-    assert plans["tasks"]["recon"] == RECON_SECTION
+    assert plans["tasks"]["recon"] == _recon_section(50)
     assert {name: plans["tasks"][name] for name in BRATS_TASKS} == brats_40["tasks"]
     assert plans["crop_size"] == brats_40["crop_size"] and plans["crop_multiples"] == brats_40["crop_multiples"]
     axial = plans["configurations"]["2d_axial"]
@@ -320,7 +328,7 @@ def test_a_real_size_recon_task_plans_beside_the_sr_tasks_and_leaves_them_unchan
 def test_a_real_size_recon_dataset_fits_its_budget_in_every_estimate():
     fp = brats_fingerprint(num_channels=1)
     plans = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "Dataset502_Recon", 8.0)
-    assert plans["tasks"]["recon"] == RECON_SECTION
+    assert plans["tasks"]["recon"] == _recon_section(50)
     configurations, workspace = plans["configurations"], plans["memory_model"]["workspace_gb"]
     for name, configuration in configurations.items():
         experts = {e: configurations[e] for e in configuration.get("experts", [])}
