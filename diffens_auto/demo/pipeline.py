@@ -106,28 +106,34 @@ class DemoSetupError(DiffensError, ValueError):
     """The work folder holds a demo run with other settings (e.g. a smoke run)."""
 
 
-def check_work_folder(work: Path, settings: DemoSettings, seed: int) -> None:
-    """Record the run's settings in the work folder; refuse a folder whose earlier run used other settings."""
-    record = {**asdict(settings), "seed": seed}
+def check_work_folder(work: Path, settings, seed: int, *, known: dict | None = None, demo: str = "sr") -> None:
+    """Record the run's settings in the work folder; refuse a folder whose earlier run used other settings.
+
+    `known`: the demo's named settings (default SETTINGS), to name an earlier run's; `demo`: which demo ("sr", or
+    "recon", which the record names, so neither demo resumes in the other's folder)."""
+    extra = {} if demo == "sr" else {"demo": demo}
+    record = {**asdict(settings), "seed": seed, **extra}
     path = work / "demo_settings.json"
     if path.is_file():
         earlier = json.loads(path.read_text(encoding="utf-8"))
         if earlier != json.loads(json.dumps(record)):
-            kind = next((name for name, s in SETTINGS.items()
-                         if json.loads(json.dumps({**asdict(s), "seed": earlier.get("seed")})) == earlier), "another")
+            kind = next((name for name, s in (SETTINGS if known is None else known).items()
+                         if json.loads(json.dumps({**asdict(s), "seed": earlier.get("seed"), **extra})) == earlier),
+                        "another")
             raise DemoSetupError(f"{work} holds a diffens_demo run of the {kind!r} setting (or another version's), "
                                  "not of this one. Fix: use another -o, or delete the folder.")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, path)
 
 
-class _Clock:
+class StageClock:
     """Seconds per demo step, printed as they finish."""
 
     def __init__(self, verbose: bool):
         self.started, self.last, self.steps, self.verbose = time.time(), time.time(), {}, verbose
 
     def done(self, name: str) -> None:
+        """Record (and print) the seconds since the last step as step `name`."""
         now = time.time()
         self.steps[name] = round(now - self.last, 1)
         self.last = now
@@ -245,7 +251,7 @@ def run_demo(work_folder: str | Path, *, smoke: bool = False, setting: str = "fu
     work = Path(work_folder).resolve()
     check_work_folder(work, settings, seed)
     folders = paths.use_folders(work)
-    clock = _Clock(verbose)
+    clock = StageClock(verbose)
     _dataset(work, folders[paths.RAW_VARIABLE], settings, seed)
     clock.done(f"dataset ({settings.num_train_cases} training + {settings.num_test_cases} test phantoms, "
                f"{list(settings.shape)} voxels)")

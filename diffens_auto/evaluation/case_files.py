@@ -2,7 +2,8 @@
 
 Predictions are `CASE<ending>`; uncertainty maps `CASE_std<ending>` (never a prediction); masks `CASE<ending>`.
 A reference is `CASE<ending>`, or nnU-Net's `CASE_XXXX<ending>` when it is the case's only channel file or
-`ref_channel` names its channel.
+`ref_channel` names its channel, or `CASE_reference<ending>`, the fully sampled scan `diffens_degrade -t recon`
+writes beside each bundle (so its output folder can be the reference folder as it is).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ IMAGE_ENDINGS = (".nii.gz", ".gipl.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"
                  ".mnc")
 DEFAULT_ENDING = ".nii.gz"
 STD_SUFFIX = "_std"
+# inference.degrade_inputs.REFERENCE_SUFFIX, spelled out here: evaluation imports nothing that loads torch
+REFERENCE_SUFFIX = "_reference"
 _CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -71,14 +74,19 @@ def image_files(folder: Path, file_ending: str) -> dict[str, Path]:
 
 def _reference_files(references: dict[str, Path], predictions: dict[str, Path],
                      ref_channel: int | None) -> dict[str, list[Path]]:
-    """{case: its candidate reference files}: exact names first, then `CASE_XXXX` files grouped by CASE."""
+    """{case: its candidate reference files}: exact names first, then `CASE_XXXX` files grouped by CASE and
+    `CASE_reference` files."""
     if ref_channel is not None:
         return {m.group(1): [f] for stem, f in references.items()
                 if (m := _CHANNEL_FILE.match(stem)) and int(m.group(2)) == ref_channel}
     cases, channel_files, ignored = {}, {}, []
     for stem, f in references.items():
         match = _CHANNEL_FILE.match(stem)
-        if stem in predictions or match is None:
+        if stem in predictions:
+            cases[stem] = [f]
+        elif stem.endswith(REFERENCE_SUFFIX) and len(stem) > len(REFERENCE_SUFFIX):
+            channel_files.setdefault(stem[: -len(REFERENCE_SUFFIX)], []).append(f)
+        elif match is None:
             cases[stem] = [f]
         else:
             channel_files.setdefault(match.group(1), []).append(f)

@@ -27,7 +27,6 @@ reads differently in SimpleITK and nibabel) is reported in the summary while the
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from diffens_auto.imageio.nibabel_io import is_nifti
 from diffens_auto.inference.input_cases import find_input_cases
 from diffens_auto.operators.degrade import degrade_image
 from diffens_auto.operators.kspace_case import FileOrderKSpace, kspace_fft_axes, kspace_mask
+from diffens_auto.preprocessing.normalization import kspace_case_seeds
 from diffens_auto.workers import map_in_workers
 
 WRITTEN, FAILED = "written", "failed"
@@ -63,10 +63,8 @@ def checked_seed(seed) -> int:
 
 def case_seeds(seed: int, case_id: str) -> tuple[int, int]:
     """The (mask, noise) seeds of one case: reproducible across runs and machines, different for every case id."""
-    # SHA-256, not hash(): Python salts string hashes per process, which would change the masks run to run
-    digest = int.from_bytes(hashlib.sha256(case_id.encode("utf-8")).digest(), "big")
-    mask_seed, noise_seed = np.random.SeedSequence([checked_seed(seed), digest]).generate_state(2)
-    return int(mask_seed), int(noise_seed)
+    # preprocessing's derivation, so the default seed 0 draws the mask training took the case's scale with
+    return kspace_case_seeds(case_id, checked_seed(seed))
 
 
 def simulate_measurement(image: np.ndarray, reorientation: dict, degradation: dict, *, mask_seed: int = 0,

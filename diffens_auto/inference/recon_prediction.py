@@ -8,9 +8,10 @@ Measurement and zero-filled image are divided by s, so the prior and the data co
 
 DDS (`dds_reconstruct`): the case is sampled on the bundle's own grid (no crop, no resampling), padded with the
 background 0 to the networks' crop_multiples; the start is D3IP Eq. 16 from Re(A⁺y) (the prior is real-valued),
-each step's x̂0 gets `cg_steps` CG steps of (γAᴴA + I) x = γAᴴy + x̂0 on the unpadded region (D3IP Eq. 27-28) and
-the sampler is the task's `dds` plans section (DDIM in DDS's eta convention from t' = 980; `recon_sampler`). The
-output is |x| · s on the bundle's grid, written in the file's axis order on its affine.
+each step's x̂0, clipped at 0 (`X0_CLIP`), gets `cg_steps` CG steps of (γAᴴA + I) x = γAᴴy + x̂0 on the unpadded
+region (D3IP Eq. 27-28) and the sampler is the task's `dds` plans section (DDIM in DDS's eta convention from
+t' = 980; `recon_sampler`). The output is |x| · s on the bundle's grid, written in the file's axis order on its
+affine.
 
 The zero-filled baseline (`-c zero_filled`, `ZeroFilledReconstruction`) writes |A⁺y| through the same I/O and
 summary, with the plans alone (no model is loaded).
@@ -52,6 +53,10 @@ BUNDLE_ENDING, OUTPUT_ENDING = ".npz", ".nii.gz"
 ZERO_FILLED = "zero_filled"
 # what must match for --continue_prediction to keep earlier recon outputs
 RECON_RESUME_KEYS = RESUME_KEYS + ("dc_gamma", "dc_steps")
+# D3IP's loop clips x̂0 before the data consistency: the objects are non-negative magnitudes, and with eps-prediction
+# the large-t estimates swing far below 0, which |x| turns into bright speckle; no upper bound, since a real scan's
+# brightest voxels reach 2.4 s while phantoms stay near 1.1 s
+X0_CLIP = (0.0, float("inf"))
 _SAMPLER_KEYS = ("sampler", "eta", "eta_convention", "timestep_spacing", "start_timestep", "num_inference_steps")
 
 
@@ -187,8 +192,8 @@ def dds_reconstruct(case: ReconCase, denoiser, sampler, pads, *, gamma: float, c
     # the mask on the sampling device once, not copied there at every FFT of every CG step
     operator = FileOrderKSpace(case.operator.reorientation, case.operator.mask.to(device), case.operator.fft_axes)
     x = dds_sample(denoiser, sampler, _Interior(operator, pads), case.measurement.to(device), start_image,
-                   slice_axis=case.slice_axis, gamma=gamma, cg_steps=cg_steps, seed=seed, condition=condition,
-                   progress=progress)
+                   slice_axis=case.slice_axis, gamma=gamma, cg_steps=cg_steps, clip=X0_CLIP, seed=seed,
+                   condition=condition, progress=progress)
     return (unpad(x, pads)[0, 0].abs().double() * case.params["half_range"]).float().cpu().numpy()
 
 

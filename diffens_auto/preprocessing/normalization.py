@@ -73,9 +73,17 @@ def kspace_targets(plans: Mapping) -> dict[int, dict[str, dict]]:
     return out
 
 
-def mask_seed(case_id: str) -> int:
-    """A reproducible mask seed of a case (the first 4 bytes of SHA-256 of its id; Python's hash() varies by run)."""
-    return int.from_bytes(hashlib.sha256(str(case_id).encode("utf-8")).digest()[:4], "little")
+def kspace_case_seeds(case_id: str, seed: int = 0) -> tuple[int, int]:
+    """The (mask, noise) seeds of one case under `seed`: the one derivation training and diffens_degrade share."""
+    # SHA-256, not hash(): Python salts string hashes per process, which would change the masks run to run
+    digest = int.from_bytes(hashlib.sha256(str(case_id).encode("utf-8")).digest(), "big")
+    mask, noise = np.random.SeedSequence([int(seed), digest]).generate_state(2)
+    return int(mask), int(noise)
+
+
+def mask_seed(case_id: str, seed: int = 0) -> int:
+    """The k-space mask seed of a case: preprocessing's (seed 0) is the one `diffens_degrade` draws by default."""
+    return kspace_case_seeds(case_id, seed)[0]
 
 
 def zero_filled_params(zero_filled, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:

@@ -7,11 +7,17 @@ task's degradation and written geometry, the other inputs as they are), predicte
 written to fold_F/validation/CASE<file_ending> on the reference's grid, and compared with the reference:
 PSNR (data range = the reference's max − min), 3D SSIM and MAE over the whole volume, and PSNR inside the
 reference's foreground (non-zero voxels). The table goes to fold_F/validation/summary.json.
+
+A recon task's validation case (a kspace degradation) is degraded as `diffens_degrade -t recon --seed SEED` does
+(`degrade_kspace_case`: fold_F/validation/bundles/CASE.npz and CASE_reference beside it, SEED the validation's
+seed, 0 by default: the mask preprocessing took the case's scale with) and reconstructed from that bundle by DDS
+as `diffens_predict` does (`prepare_recon_case`, `DDSReconstruction`), on the reference's own grid.
 """
 from __future__ import annotations
 
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,12 +27,15 @@ from diffens_auto.atomic import atomic_write_json
 from diffens_auto.dataset.naming import resolve_dataset_name
 from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.evaluation import mae, psnr, ssim3d
-from diffens_auto.imageio import crop_geometry, read_image, write_image
+from diffens_auto.imageio import crop_geometry, read_image, read_kspace_bundle, write_image
+from diffens_auto.inference.degrade_inputs import WRITTEN, degrade_kspace_case
 from diffens_auto.inference.model import load_trained_model
 from diffens_auto.inference.predictor import DiffensPredictor
+from diffens_auto.inference.recon_prediction import DDSReconstruction, prepare_recon_case
 from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
 from diffens_auto.operators import degrade_image
+from diffens_auto.planning.task_sections import is_kspace
 from diffens_auto.preprocessing import storage
 from diffens_auto.workflows.timestep_diagnostic import timestep_diagnostic, write_timestep_diagnostic
 
@@ -44,6 +53,32 @@ def validation_inputs(files: list[str], task_plans: dict) -> tuple[dict, dict, n
     if task_plans.get("degradation"):
         arrays[target], props[target] = degrade_image(reference, reference_props, task_plans["degradation"])
     return arrays, props, reference, reference_props
+
+
+def recon_validation_case(reconstruction: DDSReconstruction, case: str, target_file, bundles: Path,
+                          seed: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """(reconstruction, its props, reference) of a recon case: its bundle written into `bundles`, then DDS of it."""
+    entry = degrade_kspace_case(case, str(target_file), str(bundles), reconstruction.plans["tasks"][
+        reconstruction.task]["degradation"], seed)
+    if entry["status"] != WRITTEN:
+        raise ValueError(entry["message"])
+    bundle, reference_file = (bundles / name for name in entry["files"])
+    prepared = prepare_recon_case(read_kspace_bundle(bundle), reconstruction.plans, reconstruction.task, case)
+    prediction = np.mean(reconstruction.reconstruct(prepared), axis=0).astype(np.float32)
+    return prediction, prepared.props, read_image(reference_file)[0]
+
+
+def _predict_case(predictor, files, case: str, output: Path, seed: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """(prediction on the reference's grid, its props, reference) of one validation case."""
+    model = predictor.model
+    if is_kspace(model.task_plans.get("degradation")):
+        return recon_validation_case(DDSReconstruction(predictor), case, files[int(model.task_plans["target"])],
+                                     output / "bundles", seed)
+    arrays, props, reference, _ = validation_inputs(files, model.task_plans)
+    mean, _, output_props, _ = predictor.predict_volume(arrays, props, case)
+    # the SR grid of a partial last block extends past the reference: keep the reference's voxels
+    prediction = mean[tuple(slice(0, n) for n in reference.shape)]
+    return prediction, crop_geometry(output_props, [0, 0, 0], reference.shape), reference
 
 
 def score(reference: np.ndarray, prediction: np.ndarray) -> dict:
@@ -64,7 +99,9 @@ def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: s
     model = load_trained_model(dataset_name, task, configuration, fold, plans_name, checkpoint=checkpoint,
                                device=device)
     plans = model.plans
-    steps = steps or min(VALIDATION_STEPS, int(plans["diffusion"].get("num_inference_steps", VALIDATION_STEPS)))
+    # a recon task samples with its dds section's steps
+    planned = model.task_plans.get("dds", plans["diffusion"]).get("num_inference_steps", VALIDATION_STEPS)
+    steps = steps or min(VALIDATION_STEPS, int(planned))
     predictor = DiffensPredictor(steps=steps, seed=seed, device=device, progress=False).use_model(model)
     preprocessed = paths.preprocessed_folder() / dataset_name
     _, cases = split_case_ids(preprocessed, fold)
@@ -77,11 +114,8 @@ def validate_model(dataset, task: str, configuration: str, fold=0, plans_name: s
         started = time.time()
         try:
             files = storage.load_properties(preprocessed / plans["data_identifier"], case)["files"]
-            arrays, props, reference, reference_props = validation_inputs(files, model.task_plans)
-            mean, _, output_props, _ = predictor.predict_volume(arrays, props, case)
-            # the SR grid of a partial last block extends past the reference: keep the reference's voxels
-            prediction = mean[tuple(slice(0, n) for n in reference.shape)]
-            write_image(prediction, crop_geometry(output_props, [0, 0, 0], reference.shape), output / f"{case}{ending}")
+            prediction, prediction_props, reference = _predict_case(predictor, files, case, output, seed)
+            write_image(prediction, prediction_props, output / f"{case}{ending}")
             metrics = {k: _finite(v) for k, v in score(reference, prediction).items()}
             rows.append({"case": case, "status": "done", "message": "", **metrics,
                          "seconds": round(time.time() - started, 2)})

@@ -304,3 +304,24 @@ def test_the_zero_filled_baseline_without_any_plans_names_the_fix(bundles, tmp_p
         monkeypatch.setenv(variable, str(tmp_path / variable))
     with pytest.raises(PredictionSetupError, match="-t recon: no trained model and No plans in"):
         zero_filled_from_files(DATASET, RECON_TASK, bundles, tmp_path / "out", progress=False)
+
+
+class NegativeEstimate:
+    """A prior whose x0 estimate is -1 everywhere: eps = (y_t + sqrt(ab)) / sqrt(1 - ab)."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def __call__(self, y_t, condition, t):
+        alpha_bar = torch.as_tensor(float(self.schedule.alpha_bar[int(t)]), dtype=y_t.dtype)
+        return (y_t + alpha_bar.sqrt()) / (1 - alpha_bar).sqrt()
+
+
+def test_negative_x0_estimates_are_clipped_to_zero_before_the_magnitude(bundles, plans, tmp_path):
+    # a magnitude object is never negative: |x| of an unclipped -1 estimate would be a bright 1 everywhere
+    predictor = _predictor(plans, dc_gamma=0.0)
+    predictor.model.strategy = NegativeEstimate(predictor.sampler.schedule)
+    summary = predictor.predict_from_files(bundles, tmp_path / "out", num_parts=1)
+    assert summary["done"] == 2
+    output, _ = read_image(tmp_path / "out" / "case_a.nii.gz")
+    assert np.abs(output).max() == 0.0
