@@ -82,12 +82,13 @@ class DiffensPredictor:
     def __init__(self, *, steps: int | None = None, sampler: str | None = None, eta: float | None = None,
                  seed: int = 0, num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr",
                  device="cpu", slice_batch_size: int | None = None, progress: bool = True, previews: bool = False,
-                 dc_gamma: float | None = None, dc_steps: int | None = None):
+                 dc_gamma: float | None = None, dc_steps: int | None = None, start_timestep: int | None = None):
         """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
         self.sampling = SamplingSettings(steps=steps, sampler=sampler, eta=eta, seed=int(seed),
                                          num_samples=int(num_samples),
                                          consistency=consistency, input_grid=input_grid,
-                                         slice_batch_size=slice_batch_size, dc_gamma=dc_gamma, dc_steps=dc_steps)
+                                         slice_batch_size=slice_batch_size, dc_gamma=dc_gamma, dc_steps=dc_steps,
+                                         start_timestep=start_timestep)
         self.consistency = True if consistency is None else bool(consistency)   # the plans' once a model is loaded
         self.device = check_device(device, PredictionSetupError)
         self.progress, self.previews = progress, previews
@@ -129,8 +130,14 @@ class DiffensPredictor:
             diffusion["sampler"] = self.sampling.sampler
         if self.sampling.eta is not None:
             diffusion["eta"] = float(self.sampling.eta)
+        if self.sampling.start_timestep is not None:
+            diffusion["start_timestep"] = int(self.sampling.start_timestep)
         self.model = model
-        self.sampler = sampler_from_plans(diffusion, num_steps=self.sampling.steps)
+        try:
+            self.sampler = sampler_from_plans(diffusion, num_steps=self.sampling.steps)
+        except ValueError as e:
+            raise PredictionSetupError(f"The sampling settings of task '{model.task}' cannot sample: {e}. Fix: "
+                                       "correct --start_timestep / --steps (or the plans' diffusion section).") from None
         if self.sampling.consistency is None:
             self.consistency = bool(diffusion.get("consistency_projection", True))
         return self

@@ -204,7 +204,8 @@ def _dds_section(plans: Mapping, task: str) -> dict:
 
 
 def recon_sampler(plans: Mapping, task: str, sampling: SamplingSettings):
-    """The DDS sampler of a recon task: the plans' dds section over their diffusion, --sampler/--eta/--steps applied."""
+    """The DDS sampler of a recon task: the plans' dds section over their diffusion, --sampler/--eta/--steps and
+    --start_timestep applied."""
     if sampling.consistency is False:
         raise PredictionSetupError("--no_consistency: a recon task's data consistency is DDS's CG, part of the "
                                    "sampler. Fix: leave the flag out (--dc_gamma 0 samples the prior alone).")
@@ -214,6 +215,8 @@ def recon_sampler(plans: Mapping, task: str, sampling: SamplingSettings):
         diffusion["sampler"] = sampling.sampler
     if sampling.eta is not None:
         diffusion["eta"] = float(sampling.eta)
+    if sampling.start_timestep is not None:
+        diffusion["start_timestep"] = int(sampling.start_timestep)
     if diffusion["sampler"] == "ddim" and diffusion["eta_convention"] == "dds" and not 0 <= diffusion["eta"] <= 1:
         raise PredictionSetupError(f"eta {diffusion['eta']}: DDS's eta (eta_convention 'dds' of task '{task}') is in "
                                    "[0, 1] (sqrt(1 - eta^2) scales the noise estimate). Fix: --eta 0.85 or another "

@@ -1,5 +1,5 @@
 """How a prediction samples: steps, sampler, eta, seed, samples per case, consistency, input grid, slice batch, and
-a recon task's data consistency (gamma, CG steps)."""
+a recon task's data consistency (gamma, CG steps), the first timestep."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ class SamplingSettings:
     slice_batch_size: int | None = None    # slices per expert forward pass (None: the plans')
     dc_gamma: float | None = None          # recon: the data-to-prior weight of the CG data consistency (plans' dds)
     dc_steps: int | None = None            # recon: CG steps of the data consistency per sampling step (plans' dds)
+    start_timestep: int | None = None      # the chain's first timestep t' (None: the plans'; recon: dds's 980)
 
     def __post_init__(self):
         if self.eta is not None and not self.eta >= 0:
@@ -43,5 +44,8 @@ class SamplingSettings:
         if self.dc_gamma is not None and not self.dc_gamma >= 0:
             raise PredictionSetupError(f"--dc_gamma {self.dc_gamma}: gamma weighs the measurement against the prior's "
                                        "estimate; give a number >= 0 (0: the prior alone, default: the plans' 5).")
+        if self.start_timestep is not None and not self.start_timestep >= 0:
+            raise PredictionSetupError(f"--start_timestep {self.start_timestep}: give a training timestep >= 0 (the "
+                                       "chain starts there; default: the plans').")
         if self.dc_steps is not None and self.dc_steps < 0:
             raise PredictionSetupError(f"--dc_steps {self.dc_steps}: give a number of CG steps >= 0.")

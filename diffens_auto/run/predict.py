@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
                         help="default: the plans' (ddpm since 2026-12; older plans: ddim)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the plans', 0)")
+    parser.add_argument("--start_timestep", type=int, default=None,
+                        help="the chain's first timestep t' (default: the plans'; SR: from pure noise, recon: DDS's "
+                             "980); the steps are spaced over [0, t']")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     parser.add_argument("--num_samples", type=int, default=1,
                         help="samples per case: writes their mean and CASE_std<file_ending> (default 1)")
@@ -68,7 +71,7 @@ def _with_model(args) -> dict:
                                  consistency=False if args.no_consistency else None, input_grid=args.input_grid,
                                  device=args.device, slice_batch_size=args.slice_batch_size,
                                  progress=not args.quiet, previews=args.previews, dc_gamma=args.dc_gamma,
-                                 dc_steps=args.dc_steps)
+                                 dc_steps=args.dc_steps, start_timestep=args.start_timestep)
     predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, args.fold, args.plans,
                                             checkpoint=args.checkpoint, experts=args.experts)
     return predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,

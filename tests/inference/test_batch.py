@@ -195,9 +195,20 @@ def test_the_plans_consistency_setting_is_the_default(trained_demo_folders):
     assert forced.use_model(forced.model).consistency is True
 
 
+def test_start_timestep_truncates_the_chain_and_a_timestep_beyond_the_schedule_is_refused(trained_demo_folders):
+    from diffens_auto.inference.model import PredictionSetupError
+    predictor = DiffensPredictor(steps=4, start_timestep=300, progress=False)
+    predictor.initialize_from_trained_model(900, "sr", "2d_axial")
+    assert int(predictor.sampler.timesteps[0]) == 300 and "300.." in predictor.settings()["sampler"]
+    with pytest.raises(PredictionSetupError, match="--start_timestep"):
+        DiffensPredictor(steps=4, start_timestep=5000, progress=False).initialize_from_trained_model(900, "sr",
+                                                                                                     "2d_axial")
+
+
 def test_sampler_flag_combinations_are_checked():
     from diffens_auto.inference.model import PredictionSetupError
     for kwargs, message in (({"eta": -1.0}, "eta is >= 0"), ({"eta": 0.5, "sampler": "ddpm"}, "ddim sampler only"),
-                            ({"slice_batch_size": 0}, "at least 1"), ({"num_samples": 0}, "at least 1")):
+                            ({"slice_batch_size": 0}, "at least 1"), ({"num_samples": 0}, "at least 1"),
+                            ({"start_timestep": -1}, "timestep >= 0")):
         with pytest.raises(PredictionSetupError, match=message):
             DiffensPredictor(**kwargs)

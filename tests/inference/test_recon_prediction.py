@@ -325,3 +325,11 @@ def test_negative_x0_estimates_are_clipped_to_zero_before_the_magnitude(bundles,
     assert summary["done"] == 2
     output, _ = read_image(tmp_path / "out" / "case_a.nii.gz")
     assert np.abs(output).max() == 0.0
+
+
+def test_start_timestep_moves_dds_start_and_is_recorded(bundles, plans, tmp_path):
+    predictor = _predictor(plans, start_timestep=500)
+    predictor.model.strategy = ZeroEstimate(predictor.sampler.schedule)
+    assert predictor.predict_from_files(bundles, tmp_path / "out", num_parts=1)["done"] == 2
+    settings = json.loads((tmp_path / "out" / "prediction_settings.json").read_text())
+    assert settings["recon"]["start_timestep"] == 500
