@@ -63,7 +63,8 @@ def checked_seed(seed) -> int:
 
 def case_seeds(seed: int, case_id: str) -> tuple[int, int]:
     """The (mask, noise) seeds of one case: reproducible across runs and machines, different for every case id."""
-    # preprocessing's derivation, so the default seed 0 draws the mask training took the case's scale with
+    # preprocessing's derivation: the default seed 0 is the seed training drew the case's mask with (the same mask
+    # when preprocessing neither crops nor resamples the case, since a mask is drawn for its grid's shape)
     return kspace_case_seeds(case_id, checked_seed(seed))
 
 

@@ -328,7 +328,8 @@ def _check_folders(input_folder: Path, output_folder: Path, num_parts: int, part
     if input_folder.resolve() == output_folder.resolve():
         raise PredictionSetupError(f"-o {output_folder} is the input folder. Fix: write predictions elsewhere.")
     if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise PredictionSetupError(f"-num_parts {num_parts} -part_id {part_id}: part_id must be in 0..num_parts-1.")
+        raise PredictionSetupError(f"-num_parts {num_parts} -part_id {part_id}: part_id must be in "
+                                   "0..num_parts-1. Fix: give 0 <= part_id < num_parts.")
 
 
 def predict_recon_folder(reconstruction, input_folder, output_folder, continue_prediction: bool = False, *,

@@ -82,7 +82,7 @@ def kspace_case_seeds(case_id: str, seed: int = 0) -> tuple[int, int]:
 
 
 def mask_seed(case_id: str, seed: int = 0) -> int:
-    """The k-space mask seed of a case: preprocessing's (seed 0) is the one `diffens_degrade` draws by default."""
+    """The k-space mask seed of a case: preprocessing's (seed 0) is the seed `diffens_degrade` uses by default."""
     return kspace_case_seeds(case_id, seed)[0]
 
 

@@ -78,8 +78,18 @@ def _with_model(args) -> dict:
                                         num_parts=args.num_parts, part_id=args.part_id)
 
 
+# flags that choose a model or how it samples: the zero-filled baseline has neither
+_MODEL_FLAGS = {"steps": None, "sampler": None, "eta": None, "start_timestep": None, "dc_gamma": None,
+                "dc_steps": None, "num_samples": 1, "experts": None}
+
+
 def _zero_filled(args) -> dict:
     """The zero-filled baseline of a recon task: the plans only, no model."""
+    given = [f"--{name}" for name, default in _MODEL_FLAGS.items() if getattr(args, name) != default]
+    if given:
+        from diffens_auto.inference.model import PredictionSetupError
+        raise PredictionSetupError(f"-c zero_filled: {' '.join(given)} choose(s) a model or how it samples, and the "
+                                   "zero-filled baseline |A+y| has neither. Fix: leave them out.")
     from diffens_auto.inference.recon_prediction import zero_filled_from_files
     return zero_filled_from_files(args.dataset, args.task, args.input_folder, args.output_folder, args.plans,
                                   continue_prediction=args.continue_prediction, num_parts=args.num_parts,

@@ -10,7 +10,8 @@ reference's foreground (non-zero voxels). The table goes to fold_F/validation/su
 
 A recon task's validation case (a kspace degradation) is degraded as `diffens_degrade -t recon --seed SEED` does
 (`degrade_kspace_case`: fold_F/validation/bundles/CASE.npz and CASE_reference beside it, SEED the validation's
-seed, 0 by default: the mask preprocessing took the case's scale with) and reconstructed from that bundle by DDS
+seed, 0 by default: the seed preprocessing drew the case's mask with; the same mask only when preprocessing
+neither cropped nor resampled the case, since a mask is drawn for its grid) and reconstructed from that bundle by DDS
 as `diffens_predict` does (`prepare_recon_case`, `DDSReconstruction`), on the reference's own grid.
 """
 from __future__ import annotations

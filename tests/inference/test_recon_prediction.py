@@ -333,3 +333,29 @@ def test_start_timestep_moves_dds_start_and_is_recorded(bundles, plans, tmp_path
     assert predictor.predict_from_files(bundles, tmp_path / "out", num_parts=1)["done"] == 2
     settings = json.loads((tmp_path / "out" / "prediction_settings.json").read_text())
     assert settings["recon"]["start_timestep"] == 500
+
+
+def test_the_zero_filled_command_refuses_model_and_sampling_flags(bundles, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["diffens_predict", "-i", str(bundles), "-o", str(tmp_path / "out"), "-d", "1",
+                                      "-t", RECON_TASK, "-c", "zero_filled", "--dc_gamma", "3", "--steps", "5"])
+    with pytest.raises(SystemExit) as exit_status:
+        predict_entry()
+    assert exit_status.value.code == 1
+    err = capsys.readouterr().err
+    assert "-c zero_filled: --steps --dc_gamma" in err and "Fix: leave them out" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_gamma_on_a_real_estimate_meets_the_measurement_in_the_file_order(bundles, plans):
+    # prediction hands DDS a real x0 estimate: the real normal equations must meet y on the sampled points too
+    bundle = read_kspace_bundle(bundles / "case_b.npz")
+    case = prepare_recon_case(bundle, plans, RECON_TASK)
+    y = case.measurement.to(torch.complex128)
+    x0_hat = torch.randn((1, 1) + case.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    soft = DDSDataConsistency(case.operator, y, gamma=1e6, cg_steps=30)(x0_hat, 0)
+    assert not soft.is_complex()
+    sampled = torch.from_numpy(np.broadcast_to(bundle.mask, FILE_SHAPE).copy())
+    measured = case.operator.A(soft)[0, 0]
+    # a real image's k-space is Hermitian: where y is (as here) the k-space of a real object the real solution
+    # reproduces it on the sampled points
+    assert float((measured[sampled] - y[0, 0][sampled]).abs().max() / y.abs().max()) <= 1e-5
