@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import time
-import traceback
 from pathlib import Path
 from typing import Mapping
 
@@ -33,7 +31,6 @@ from diffens_auto.diffusion.padding import unpad
 from diffens_auto.diffusion.prediction import as_eps_denoiser
 from diffens_auto.diffusion.strategies import WithPositions
 from diffens_auto.diffusion.target_space import set_case_params
-from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
 from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
@@ -247,6 +244,11 @@ class DiffensPredictor:
             out["preview"] = output_folder / f"{case_id}.png"
         return out
 
+    def _predicted(self, case: InputCase, output_folder: Path) -> str:
+        """Predict a case for the summary: no message for a case that went well."""
+        self.predict_case(case, output_folder)
+        return ""
+
     def predict_case(self, case: InputCase, output_folder: Path) -> dict[str, Path]:
         """Predict one input case and write its files (atomically); raises on any problem with the case."""
         if case.problem:
@@ -299,18 +301,8 @@ class DiffensPredictor:
                 summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0,
                             outputs=outputs, inputs=case.files)
                 continue
-            started = time.time()
-            try:
-                self.predict_case(case, output_folder)
-                summary.add(case.case_id, "done", "", time.time() - started, outputs=outputs, inputs=case.files)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:   # one bad case never stops the batch: it is reported in the summary
-                message = f"{type(e).__name__}: {e}"
-                if not isinstance(e, (DiffensError, ValueError, OSError)):
-                    message += "\n" + traceback.format_exc(limit=-3)
-                summary.add(case.case_id, "failed", message, time.time() - started, outputs=outputs,
-                            inputs=case.files)
+            summary.run_case(case.case_id, lambda: self._predicted(case, output_folder),
+                             outputs=outputs, inputs=case.files)
             summary.write()
         summary.write()
         return summary.as_dict()

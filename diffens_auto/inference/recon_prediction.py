@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -35,7 +33,6 @@ import diffens_auto
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.diffusion import dds_sample, sampler_from_plans
 from diffens_auto.diffusion.padding import even_pads, pad_evenly, unpad
-from diffens_auto.errors import DiffensError
 from diffens_auto.imageio import KSpaceBundle, read_kspace_bundle, write_image
 from diffens_auto.inference.degrade_inputs import REFERENCE_SUFFIX
 from diffens_auto.inference.input_cases import split_into_parts
@@ -360,18 +357,8 @@ def predict_recon_folder(reconstruction, input_folder, output_folder, continue_p
             summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0, outputs=outputs,
                         inputs=inputs)
             continue
-        started = time.time()
-        try:
-            notes = _predict_bundle(reconstruction, case, outputs)
-            summary.add(case.case_id, "done", "; ".join(notes), time.time() - started, outputs=outputs,
-                        inputs=inputs)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:   # one bad case never stops the batch: it is reported in the summary
-            message = f"{type(e).__name__}: {e}"
-            if not isinstance(e, (DiffensError, ValueError, OSError)):
-                message += "\n" + traceback.format_exc(limit=-3)
-            summary.add(case.case_id, "failed", message, time.time() - started, outputs=outputs, inputs=inputs)
+        summary.run_case(case.case_id, lambda: "; ".join(_predict_bundle(reconstruction, case, outputs)),
+                         outputs=outputs, inputs=inputs)
         summary.write()
     summary.write()
     return summary.as_dict()

@@ -5,12 +5,15 @@ prediction_settings_part_I_of_P.json, so parallel parts never write the same fil
 """
 from __future__ import annotations
 
+import time
+import traceback
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pandas as pd
 
 from diffens_auto.atomic import atomic_path, atomic_write_json
+from diffens_auto.errors import DiffensError
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -37,6 +40,21 @@ class PredictionSummary:
         self.rows.append({"case": case_id, "status": status, "message": message, "seconds": round(seconds, 2),
                           "outputs": [str(p) for p in outputs.values()] if status != "failed" else [],
                           "inputs": [str(p) for p in inputs.values()]})
+
+    def run_case(self, case_id: str, work: Callable[[], str], *, outputs: Mapping[str, Path], inputs: Mapping) -> None:
+        """Run one case's `work` (it returns the row's message) and record it as done, or as failed with the cause."""
+        started = time.time()
+        try:
+            message = work()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:   # one bad case never stops the batch: it is reported in the summary
+            message = f"{type(e).__name__}: {e}"
+            if not isinstance(e, (DiffensError, ValueError, OSError)):
+                message += "\n" + traceback.format_exc(limit=-3)
+            self.add(case_id, "failed", message, time.time() - started, outputs=outputs, inputs=inputs)
+            return
+        self.add(case_id, "done", message, time.time() - started, outputs=outputs, inputs=inputs)
 
     def as_dict(self) -> dict:
         """Counts and rows, as written to the JSON file."""

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from recon_datasets import ellipsoid_recon_dataset
+
 from diffens_auto import paths
-from diffens_auto.demo.dataset import make_demo_dataset
 from diffens_auto.imageio import read_image
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.run.degrade import degrade_entry
@@ -39,14 +40,8 @@ def recon_run(tmp_path_factory):
     scan degraded into a bundle by diffens_degrade."""
     root = tmp_path_factory.mktemp("recon_end_to_end")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for variable in (paths.RAW_VARIABLE, paths.PREPROCESSED_VARIABLE, paths.RESULTS_VARIABLE):
-            (root / variable).mkdir()
-            monkeypatch.setenv(variable, str(root / variable))
-        monkeypatch.setenv(paths.AUGMENTATION_WORKERS_VARIABLE, "0")
-        raw = make_demo_dataset(num_cases=4, shape=(24, 24, 24), spacing=(2, 2, 2), kind="ellipses",
-                                dataset_id=903, noise=0)
+        raw = ellipsoid_recon_dataset(root, monkeypatch, 903, 4, kspace=KSPACE)
         spec = json.loads((raw / "dataset.json").read_text())
-        spec["tasks"] = {TASK: {"target": "T1", "inputs": [], "degradation": KSPACE}}
         spec["numTraining"] = 3
         held_out = root / "hr"
         held_out.mkdir()
@@ -81,10 +76,10 @@ def test_predict_and_evaluate_through_the_commands(run_folders, monkeypatch):
     root = run_folders
     case = "DemoEllipses_003"
     assert sorted(p.name for p in (root / "bundles").iterdir()) == [f"{case}.npz", f"{case}_reference.nii.gz"]
-    for configuration in ("2d_axial", "zero_filled"):
+    for configuration, sampling in (("2d_axial", ("--steps", 3, "--dc_steps", 4)), ("zero_filled", ())):
         out = root / configuration
         assert _command(predict_entry, monkeypatch, "-i", root / "bundles", "-o", out, "-d", 903, "-t", TASK,
-                        "-c", configuration, "--steps", 3, "--dc_steps", 4, "--quiet") == 0
+                        "-c", configuration, *sampling, "--quiet") == 0
         summary = json.loads((out / "prediction_summary.json").read_text())
         assert (summary["done"], summary["failed"]) == (1, 0)
         assert "reference for evaluation, not an input" in summary["cases"][0]["message"]

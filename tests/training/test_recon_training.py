@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from recon_datasets import ellipsoid_recon_dataset
+
 from diffens_auto import paths
-from diffens_auto.demo.dataset import make_demo_dataset
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint, model_from_checkpoint
 from diffens_auto.networks import Ensembler
 from diffens_auto.planning.plans_file import load_plans
@@ -29,15 +30,7 @@ def recon(tmp_path_factory):
     """Three 24^3 ellipsoid phantoms whose dataset.json has only a recon task, planned (tiny) and preprocessed."""
     root = tmp_path_factory.mktemp("recon_training")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for variable in (paths.RAW_VARIABLE, paths.PREPROCESSED_VARIABLE, paths.RESULTS_VARIABLE):
-            (root / variable).mkdir()
-            monkeypatch.setenv(variable, str(root / variable))
-        monkeypatch.setenv(paths.AUGMENTATION_WORKERS_VARIABLE, "0")
-        raw = make_demo_dataset(num_cases=3, shape=(24, 24, 24), spacing=(2, 2, 2), kind="ellipses",
-                                dataset_id=901, noise=0)
-        spec = json.loads((raw / "dataset.json").read_text())
-        spec["tasks"] = {TASK: {"target": "T1", "inputs": [], "degradation": KSPACE}}
-        (raw / "dataset.json").write_text(json.dumps(spec))
+        ellipsoid_recon_dataset(root, monkeypatch, 901, 3, kspace=KSPACE)
         plan_and_preprocess(901, preset="tiny", num_processes=1)
         preprocessed = root / paths.PREPROCESSED_VARIABLE / DATASET
         yield preprocessed, load_plans(preprocessed, PLANS)

@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from recon_datasets import ellipsoid_recon_dataset
+
 from diffens_auto import paths
-from diffens_auto.demo.dataset import make_demo_dataset
 from diffens_auto.evaluation import evaluate_folders, psnr, ssim3d
 from diffens_auto.imageio import read_image, read_kspace_bundle
 from diffens_auto.inference.degrade_inputs import degrade_folder
@@ -24,15 +25,7 @@ def validated(tmp_path_factory):
     """Three 24^3 ellipsoid phantoms with a recon task; 2d_axial trained 2 iterations on fold 0 and validated."""
     root = tmp_path_factory.mktemp("recon_validation")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for variable in (paths.RAW_VARIABLE, paths.PREPROCESSED_VARIABLE, paths.RESULTS_VARIABLE):
-            (root / variable).mkdir()
-            monkeypatch.setenv(variable, str(root / variable))
-        monkeypatch.setenv(paths.AUGMENTATION_WORKERS_VARIABLE, "0")
-        raw = make_demo_dataset(num_cases=3, shape=(24, 24, 24), spacing=(2, 2, 2), kind="ellipses",
-                                dataset_id=904, noise=0)
-        spec = json.loads((raw / "dataset.json").read_text())
-        spec["tasks"] = {TASK: {"target": "T1", "inputs": [], "degradation": KSPACE}}
-        (raw / "dataset.json").write_text(json.dumps(spec))
+        ellipsoid_recon_dataset(root, monkeypatch, 904, 3, kspace=KSPACE)
         plan_and_preprocess(904, preset="tiny", num_processes=1)
         folder = train(904, TASK, "2d_axial", 0, plans_name=PLANS, num_epochs=1, iterations_per_epoch=2,
                        echo=False, val_steps=2)
