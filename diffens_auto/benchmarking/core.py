@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.slicing import ExpertRunner, expert_frame, position_channels
 from diffens_auto.diffusion.strategies import build_strategy
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
@@ -106,6 +106,8 @@ def benchmark_core(volume: int = 64, repeats: int = 3, seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     y_t = torch.randn(1, 1, volume, volume, volume, generator=generator)
     condition = torch.randn(1, 1, volume, volume, volume, generator=generator)
+    # a whole-volume mask: the frame costs what prediction's does, whatever the mask holds
+    frame = expert_frame(position_channels(y_t.shape[2:]), torch.ones_like(y_t))
     t = plans["diffusion"]["num_train_steps"] // 2
     results = {"volume": [volume] * 3, "slice_batch_size": slice_batch_size, "threads": torch.get_num_threads(),
                "strategies": {}}
@@ -113,7 +115,7 @@ def benchmark_core(volume: int = 64, repeats: int = 3, seed: int = 0) -> dict:
     with torch.no_grad():
         for name in STRATEGIES:
             strategy = strategies[name]
-            step = lambda: strategy(y_t, condition, t)  # noqa: E731
+            step = lambda: strategy(y_t, condition, t, positions=frame)  # noqa: E731
             seconds = seconds_per_call(step, repeats)
             flops = count_flops(step)
             results["strategies"][name] = {"seconds_per_step": seconds, "gflop": flops / 1e9,
@@ -122,8 +124,9 @@ def benchmark_core(volume: int = 64, repeats: int = 3, seed: int = 0) -> dict:
                                            "window": list(getattr(strategy, "window", [])) or None}
         batched = runners["2d_axial"]
         per_slice = ExpertRunner(batched.expert, batched.slice_axis, 1, batched.context_slices,
-                                 batched.position_channels, name="2d_axial")
-        results["per_slice_loop_seconds"] = seconds_per_call(lambda: per_slice(y_t, condition, t), repeats)
+                                 batched.position_channels, mask_channels=batched.mask_channels, name="2d_axial")
+        results["per_slice_loop_seconds"] = seconds_per_call(lambda: per_slice(y_t, condition, t, positions=frame),
+                                                             repeats)
     results["batched_seconds"] = results["strategies"]["2d_axial"]["seconds_per_step"]
     results["batched_speedup"] = results["per_slice_loop_seconds"] / results["batched_seconds"]
     timed = results["strategies"]

@@ -22,8 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffens_auto.diffusion import NoiseSchedule
-from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.slicing import ExpertRunner, expert_frame, position_channels
 from diffens_auto.networks import Ensembler, build_expert, expert_input_channels
+from diffens_auto.planning.planner import task_mask_channels
 from diffens_auto.training.experts import FrozenExpert
 from diffens_auto.training.objectives import EnsemblerObjective, ExpertObjective
 from diffens_auto.training.schedule import EpochSchedule, Stage
@@ -109,8 +110,9 @@ def _frozen_experts(configuration: dict, experts: dict, slice_batch_size: int) -
     for name in names:
         # a configuration's network has the largest in_channels over the tasks; match the ensembler's n_cond
         expert_network = experts[name]["network"]
-        expert_network = {**expert_network, "in_channels": expert_input_channels(
-            n_cond, expert_network.get("context_slices", 0), expert_network.get("position_channels", 0))}
+        mask = task_mask_channels(expert_network.get("mask_channels", 0), n_cond)
+        expert_network = {**expert_network, "mask_channels": mask, "in_channels": expert_input_channels(
+            n_cond, expert_network.get("context_slices", 0), expert_network.get("position_channels", 0), mask)}
         expert = build_expert(expert_network).eval().requires_grad_(False)
         runner = ExpertRunner.from_network(expert, expert_network, experts[name]["slice_axis"], slice_batch_size,
                                            name=name)
@@ -169,6 +171,10 @@ def _batch(trainer: Trainer, n_cond: int, generator: torch.Generator):
     shape = (stage.batch_size, 1, *stage.patch_size)
     batch = {"y0": torch.randn(shape, generator=generator),
              "condition": torch.randn((shape[0], n_cond, *shape[2:]), generator=generator)}
+    experts = getattr(trainer.objective, "experts", [])
+    if experts:     # an ensembler's batches carry the experts' frame, as the loader makes them
+        mask = torch.ones(shape) if any(e.runner.mask_channels for e in experts) else None
+        batch["positions"] = expert_frame(position_channels(shape[2:]).expand(shape[0], -1, *shape[2:]), mask)
     return (batch, *trainer.draw_t_and_noise(batch["y0"], generator))
 
 

@@ -7,6 +7,10 @@ sagittal (Y, Z). Flattened slices are batch-major: slice s of batch element b is
 `ExpertRunner` runs one expert over every slice of its plane in batches of `slice_batch_size`
 (one batch may span two batch elements), writing each batch into preallocated output volumes, so the
 peak memory is one slice batch's forward plus the outputs, never a copy of every slice's input.
+
+An expert's frame (`positions` below) is a (1 or B, 3 [+ 1], X, Y, Z) volume: the three global coordinates, then,
+for experts planned with `mask_channels`, the condition's non-zero mask (`expert_frame`). A runner takes the
+channels its expert was planned with; the coordinates can be built from a volume's shape, the mask cannot.
 """
 import torch
 
@@ -67,6 +71,20 @@ def position_channels(shape, device=None, dtype=torch.float32, channels: int = P
     return torch.stack(grids, dim=0).unsqueeze(0)
 
 
+def expert_frame(positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The frame the runners take: (1 or B, 3, ...) coordinates, then the (1 or B, 1, ...) mask when given."""
+    if mask is None:
+        return positions
+    if positions.shape[0] != mask.shape[0]:
+        positions = positions.expand(mask.shape[0], *positions.shape[1:])
+    return torch.cat([positions, mask.to(device=positions.device, dtype=positions.dtype)], dim=1)
+
+
+def needs_frame(runner) -> bool:
+    """Whether a runner's expert takes position or mask channels, i.e. needs an expert frame."""
+    return bool(getattr(runner, "position_channels", 0) or getattr(runner, "mask_channels", 0))
+
+
 def timesteps_for(t, batch: int, device) -> torch.Tensor:
     """A training-step index (int, 0-d or (B,) tensor) as the LongTensor (B,) the networks take."""
     t = torch.as_tensor(t, device=device, dtype=torch.long)
@@ -81,41 +99,60 @@ class ExpertRunner:
     """Runs a 2D expert over every slice of its plane in slice batches and restacks eps (and features)."""
 
     def __init__(self, expert, slice_axis: int, slice_batch_size: int, context_slices: int = 0,
-                 position_channels: int = 0, *, condition_indices=None, grad: bool = False, name: str | None = None):
+                 position_channels: int = 0, *, mask_channels: int = 0, condition_indices=None, grad: bool = False,
+                 name: str | None = None):
         """expert(x (n, C_in, a, b), t (n,)) -> (eps (n, 1, a, b), features); condition_indices picks its conditions."""
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}.")
         if position_channels not in (0, POSITION_CHANNELS):
             raise ValueError(f"position_channels must be 0 or {POSITION_CHANNELS}, got {position_channels}.")
+        if mask_channels not in (0, 1):
+            raise ValueError(f"mask_channels must be 0 or 1, got {mask_channels}.")
         self.expert = expert
         self.slice_axis = _check_axis(slice_axis)
         self.slice_batch_size = int(slice_batch_size)
         self.context_slices = int(context_slices)
         self.position_channels = int(position_channels)
+        self.mask_channels = int(mask_channels)
         self.condition_indices = None if condition_indices is None else list(condition_indices)
         self.grad = grad
         self.name = name
 
     @classmethod
     def from_network(cls, expert, network: dict, slice_axis: int, slice_batch_size: int, **kwargs):
-        """A runner whose context slices and position channels are those of the expert's plans network dict."""
+        """A runner whose context slices, position and mask channels are those of the expert's plans network dict."""
         return cls(expert, slice_axis, slice_batch_size, context_slices=network.get("context_slices", 0),
-                   position_channels=network.get("position_channels", 0), **kwargs)
+                   position_channels=network.get("position_channels", 0),
+                   mask_channels=network.get("mask_channels", 0), **kwargs)
 
     def __call__(self, y_t: torch.Tensor, condition: torch.Tensor, t, want_features: bool = False,
                  positions: torch.Tensor | None = None):
         """eps (B, 1, X, Y, Z) and, if asked, restacked features per level (B, C_l, in-plane / 2^l, full slice axis).
 
-        `positions` (1 or B, 3, X, Y, Z) overrides the coordinates built from y_t's shape (`Windowed` passes
-        each window its crop of the whole volume's coordinates). Runs without autograd unless the runner has
-        grad=True; the expert's train/eval mode is the caller's.
+        `positions` is the expert frame (module docstring): it overrides the coordinates built from y_t's shape
+        (`Windowed` passes each window its crop of the whole volume's frame) and brings the mask, which an expert
+        planned with a mask channel cannot run without. Runs without autograd unless the runner has grad=True;
+        the expert's train/eval mode is the caller's.
         """
         if self.condition_indices is not None:
             condition = condition[:, self.condition_indices]
-        if self.position_channels and positions is None:
-            positions = position_channels(y_t.shape[2:], device=y_t.device, dtype=y_t.dtype)
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
-            return self._run(y_t, condition, t, want_features, positions if self.position_channels else None)
+            return self._run(y_t, condition, t, want_features, self._frame_channels(y_t, positions))
+
+    def _frame_channels(self, y_t, frame):
+        """The frame channels this expert takes (coordinates, mask), or None when it takes none."""
+        if not needs_frame(self):
+            return None
+        if self.mask_channels and (frame is None or frame.shape[1] < POSITION_CHANNELS + 1):
+            who = f"Expert {self.name}" if self.name else "This expert"
+            raise ValueError(f"{who} was planned with a non-zero mask channel, so it needs the "
+                             "case's mask: pass the expert frame (slicing.expert_frame(positions, mask)) as "
+                             "`positions`.")
+        if frame is None:
+            frame = position_channels(y_t.shape[2:], device=y_t.device, dtype=y_t.dtype)
+        parts = ([frame[:, :POSITION_CHANNELS]] if self.position_channels else []) + \
+            ([frame[:, POSITION_CHANNELS:POSITION_CHANNELS + 1]] if self.mask_channels else [])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _run(self, y_t, condition, t, want_features, positions):
         batch, dim = y_t.shape[0], 2 + self.slice_axis

@@ -2,8 +2,10 @@
 
 Every strategy is a callable `strategy(y_t (B, 1, X, Y, Z), condition (B, n_cond, X, Y, Z), t, positions=None)
 -> eps (B, 1, X, Y, Z)` with `t` an integer training step (or a (B,) tensor), has `.runners` and `.reset()`, to be
-called before each new sampling run (only TPDM keeps state: whose turn it is). `positions` (1 or B, 3, X, Y, Z)
-are the coordinates that experts with position channels see; None means those of y_t's own grid.
+called before each new sampling run (only TPDM keeps state: whose turn it is). `positions` is the experts' frame
+(1 or B, 3 [+ 1], X, Y, Z) (`slicing.expert_frame`): the coordinates that experts with position channels see,
+then the condition's non-zero mask for experts planned with a mask channel; None means the coordinates of y_t's
+own grid (and no mask, which such experts refuse).
 
 - `SingleExpert`: one expert over every slice of its plane (Palette 2D / 2.5D).
 - `TPDM`: one expert per timestep, switching when t changes (TPDM's released sampler, see the class).
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .slicing import ExpertRunner, position_channels, timesteps_for
+from .slicing import ExpertRunner, needs_frame, position_channels, timesteps_for
 from .sliding_window import sliding_window
 
 EXPERT_CONFIGURATIONS = ("2d_axial", "2d_coronal", "2d_sagittal")
@@ -170,7 +172,7 @@ class Learned:
 
 
 class WithPositions:
-    """A strategy run with given position coordinates (a prepared case's frame) instead of its volume's own."""
+    """A strategy run with a given expert frame (a prepared case's coordinates and mask) instead of its volume's."""
 
     def __init__(self, strategy, positions: torch.Tensor):
         self.strategy, self.positions = strategy, positions
@@ -190,7 +192,7 @@ class Windowed:
     """A strategy run on Gaussian-weighted sliding windows and blended (`sliding_window`).
 
     Experts with position channels see, in every window, the window's crop of the WHOLE volume's coordinates
-    (built once per call, or the `positions` given), so a window's slices are where they are in the volume.
+    (built once per call, or the frame given, with its mask), so a window's slices are where they are in the volume.
     A single window covering the volume is a plain call of the strategy.
     """
 
@@ -201,7 +203,7 @@ class Windowed:
         self.overlap = overlap
         self.sigma_scale = sigma_scale
         self.runners = strategy.runners
-        self.uses_positions = any(r.position_channels for r in self.runners)
+        self.uses_positions = any(needs_frame(r) for r in self.runners)
 
     def __call__(self, y_t, condition, t, positions=None):
         """The strategy's eps, blended over windows of the volume."""

@@ -42,7 +42,8 @@ from diffens_auto.preprocessing.inversion import invert_preprocessing
 from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normalize, params_from_lowres
 from diffens_auto.preprocessing.preprocessor import preprocess_arrays
 from diffens_auto.preprocessing.resampling import resample_data
-from diffens_auto.tasks.conditioning import task_background, task_normalization, task_volumes
+from diffens_auto.tasks.conditioning import (condition_background, condition_mask, task_background, task_normalization,
+                                             task_volumes)
 
 INPUT_GRIDS = ("lr", "hr")
 
@@ -66,6 +67,7 @@ class PreparedCase:
     keep: np.ndarray                   # bool, output grid: where the output may be non-zero
     lowres: np.ndarray | None          # float64 measurement on the original low-resolution grid
     preview_input: np.ndarray          # the primary input on the output grid (up(lr) for SR), for previews
+    mask: torch.Tensor | None = None   # (1, 1, X', Y', Z') the condition's non-zero mask (the experts' mask channel)
 
     @property
     def shape(self) -> tuple:
@@ -190,9 +192,9 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
     target_params = task_normalization(properties, plans, task)[0][1]
     parts = [input_volumes] + ([target_volume] if degradation else [])
     condition = torch.from_numpy(np.concatenate(parts))[None]
-    background = task_background(properties, plans, task)
-    pad_values = list(background[1:]) + ([background[0]] if degradation else [])
+    pad_values = condition_background(task_background(properties, plans, task), task_plans)
     condition, pads = _pad(condition, plans["crop_multiples"], pad_values)
+    mask = condition_mask(condition, pad_values) if pad_values else None
 
     measurement = None
     if degradation and consistency and project_per_step:
@@ -201,7 +203,7 @@ def prepare_case(arrays: Mapping[int, np.ndarray], props: Mapping[int, dict], pl
         measurement = operator.A(torch.from_numpy(measured)[None, None])
     preview = rows[-1] if degradation else rows[0]
     return PreparedCase(case_id, condition, pads, measurement, properties, mask_original, target_params,
-                        output_props, keep, lowres, preview)
+                        output_props, keep, lowres, preview, mask)
 
 
 def finish_case(target_pp: np.ndarray, case: PreparedCase, task_plans: Mapping, consistency: bool = True) -> np.ndarray:

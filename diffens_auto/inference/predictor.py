@@ -29,6 +29,7 @@ from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.padding import unpad
 from diffens_auto.diffusion.prediction import as_eps_denoiser
+from diffens_auto.diffusion.slicing import expert_frame, needs_frame
 from diffens_auto.diffusion.strategies import WithPositions
 from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
@@ -180,18 +181,22 @@ class DiffensPredictor:
             return y0_from_target(projected, condition, task_plans)
         return hook
 
-    def case_denoiser(self, shape, pads, target_params: Mapping):
-        """The model's strategy as the eps-denoiser of a case padded by `pads` to `shape`, in its target scale."""
+    def case_denoiser(self, shape, pads, target_params: Mapping, mask: torch.Tensor | None = None):
+        """The model's strategy as the eps-denoiser of a case padded by `pads` to `shape`, in its target scale;
+        `mask` (1, 1, *shape) is the condition's non-zero mask, for experts planned with a mask channel."""
         model = self._require_model()
         # experts of another task's space (a fusion ensembler) need the case's target normalisation
         set_case_params(model.runners.values(), [[target_params["center"], target_params["half_range"]]])
         strategy = model.strategy
-        if any(getattr(runner, "position_channels", 0) for runner in getattr(strategy, "runners", [])):
+        runners = getattr(strategy, "runners", [])
+        if any(needs_frame(runner) for runner in runners):
             # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
             unpadded = [n - a - b for n, (a, b) in zip(shape, pads)]
             positions = case_positions(unpadded, pads, model.plans["crop_size"], block_step(model.task_plans),
                                        device=self.device)
-            strategy = WithPositions(strategy, positions)
+            wants_mask = any(getattr(runner, "mask_channels", 0) for runner in runners)
+            frame = expert_frame(positions, mask.to(self.device) if wants_mask and mask is not None else None)
+            strategy = WithPositions(strategy, frame)
         return as_eps_denoiser(strategy, self.sampler.schedule, model.task_plans.get("prediction", "epsilon"))
 
     def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
@@ -200,7 +205,7 @@ class DiffensPredictor:
         condition = case.condition.to(self.device)
         hook = self._x0_hook(case)
         outputs = []
-        denoiser = self.case_denoiser(case.shape, case.pads, case.target_params)
+        denoiser = self.case_denoiser(case.shape, case.pads, case.target_params, case.mask)
         for i in range(self.sampling.num_samples):
             y0 = sample(denoiser, self.sampler, (1, 1, *case.shape), condition, seed=self.sampling.seed + i,
                         x0_hook=hook, progress=self.progress, device=self.device)

@@ -2,15 +2,16 @@
 
 Input channels, in order (documentation/planning.md): the noisy target slice y_t; every condition
 channel's slice with `context_slices` neighbours on each side (2s + 1 channels per condition, in slice
-order); `position_channels` position maps. The expert returns its noise estimate AND the multi-scale
-encoder features the ensembler injects.
+order); `position_channels` position maps; `mask_channels` (0 or 1) the condition's non-zero mask. The expert
+returns its noise estimate AND the multi-scale encoder features the ensembler injects.
 """
 from .unet import DiffusionUNet
 
 
-def expert_input_channels(num_conditions: int, context_slices: int = 0, position_channels: int = 0) -> int:
-    """in_channels of an expert: 1 (y_t) + n_cond (1 + 2 context_slices) + position_channels."""
-    return 1 + num_conditions * (1 + 2 * context_slices) + position_channels
+def expert_input_channels(num_conditions: int, context_slices: int = 0, position_channels: int = 0,
+                          mask_channels: int = 0) -> int:
+    """in_channels of an expert: 1 (y_t) + n_cond (1 + 2 context_slices) + position_channels + mask_channels."""
+    return 1 + num_conditions * (1 + 2 * context_slices) + position_channels + mask_channels
 
 
 def build_expert(network: dict) -> DiffusionUNet:
@@ -25,10 +26,12 @@ def build_expert(network: dict) -> DiffusionUNet:
         raise ValueError(f"An expert predicts one noise channel; this network dict has out_channels "
                          f"{network.get('out_channels')}.")
     per_condition = 1 + 2 * network.get("context_slices", 0)
-    conditions = network["in_channels"] - 1 - network.get("position_channels", 0)
+    extra = network.get("position_channels", 0) + network.get("mask_channels", 0)
+    conditions = network["in_channels"] - 1 - extra
     if conditions < 0 or conditions % per_condition:
         raise ValueError(f"in_channels {network['in_channels']} is not 1 (y_t) + n_cond x {per_condition} "
-                         f"(context) + {network.get('position_channels', 0)} (positions) for any n_cond; use "
+                         f"(context) + {network.get('position_channels', 0)} (positions) + "
+                         f"{network.get('mask_channels', 0)} (mask) for any n_cond; use "
                          f"network_for_task(plans, configuration, task).")
     if not network.get("returns_features", True):
         raise ValueError("An expert always returns its encoder features (the ensembler injects them); the "

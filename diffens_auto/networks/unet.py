@@ -20,8 +20,8 @@ OPTIONAL_KEYS = ("kernel_size", "dropout", "attention_levels", "num_head_channel
                  "gradient_checkpointing", "zero_init_output")
 # the planner (planning/topology.py) and training/experts.py write these as a label (architecture) or for other
 # readers (build_expert, Ensembler, ExpertRunner, the data loaders, the memory model); no layer depends on them
-INFORMATIONAL_KEYS = ("architecture", "context_slices", "position_channels", "returns_features", "output_heads",
-                      "feature_injection")
+INFORMATIONAL_KEYS = ("architecture", "context_slices", "position_channels", "mask_channels", "returns_features",
+                      "output_heads", "feature_injection")
 
 
 class EncoderLevel(nn.Module):
@@ -141,7 +141,7 @@ class DiffusionUNet(nn.Module):
 
         The keys of the constructor's arguments are passed by name (one the dict leaves out gets the default).
         The planner's other keys (INFORMATIONAL_KEYS: the label `architecture`, the experts' context_slices /
-        position_channels / returns_features, the ensembler's output_heads / feature_injection) are ignored.
+        position_channels / mask_channels / returns_features, the ensembler's output_heads / feature_injection) are ignored.
         A ValueError names every missing required key, or else every key of neither kind.
         """
         missing = [key for key in REQUIRED_KEYS if key not in network]

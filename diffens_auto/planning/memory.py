@@ -307,6 +307,21 @@ def _expert_terms(configuration: dict, experts: dict, volume_shape, slice_batch_
     return {"expert_parameters": params, "expert_forward": forward}
 
 
+def _mask_channels(configuration: dict, experts: dict) -> int:
+    """1 when any expert of an ensembler configuration takes the condition's non-zero mask, else 0."""
+    return int(any(experts[name]["network"].get("mask_channels", 0)
+                   for name in configuration.get("experts", []) if name in experts))
+
+
+def _frame_channels(configuration: dict, experts: dict) -> int:
+    """Channels of the experts' frame an ensembler holds over the volume at prediction: coordinates and mask."""
+    names = [name for name in configuration.get("experts", []) if name in experts]
+    if not any(experts[n]["network"].get("position_channels", 0) or experts[n]["network"].get("mask_channels", 0)
+               for n in names):
+        return 0
+    return 3 + _mask_channels(configuration, experts)
+
+
 def _condition_channels(configuration: dict) -> int:
     network = configuration["network"]
     if configuration.get("kind") == "ensembler":
@@ -337,8 +352,10 @@ def estimate_training_memory(configuration: dict, dtype: str, *, experts: dict |
         n_experts = len(configuration.get("experts", []))
         parts.update(_expert_terms(configuration, experts or {}, shape, slice_batch_size, dtype))
         parts["injected_features"] = _injected_feature_bytes(network, shape, a) * batch
-        # target, noise, y_t, conditions and one restacked noise estimate per expert, float32
-        parts["volume_buffers"] = (3 + _condition_channels(configuration) + n_experts) * voxels * 4 * batch
+        # target, noise, y_t, conditions, the experts' frame (the loader always sends the coordinates) and one
+        # restacked noise estimate per expert, float32
+        frame = 3 + _mask_channels(configuration, experts or {})
+        parts["volume_buffers"] = (3 + _condition_channels(configuration) + frame + n_experts) * voxels * 4 * batch
     else:
         parts["volume_buffers"] = (network["in_channels"] + 2) * voxels * 4 * batch
     return MemoryEstimate(**parts)
@@ -366,10 +383,11 @@ def estimate_inference_memory(configuration: dict, dtype: str, *, volume_shape, 
         parts["activations"] = forward_peak(network, window, 1, dtype)
         parts.update(_expert_terms(configuration, experts or {}, window, slice_batch_size, dtype))
         parts["injected_features"] = _injected_feature_bytes(network, window, a)
-        # whole volume: conditions, y_t, y0 estimate, consistency temp, sliding-window sum and weights;
-        # per window: one noise estimate per expert
+        # whole volume: conditions, y_t, y0 estimate, consistency temp, sliding-window sum and weights, the
+        # experts' frame; per window: one noise estimate per expert
         accumulators = 2 if configuration.get("patch_wise") else 0
-        parts["volume_buffers"] = ((n_cond + 3 + accumulators) * volume + n_experts * math.prod(window)) * 4
+        frame = _frame_channels(configuration, experts or {})
+        parts["volume_buffers"] = ((n_cond + 3 + accumulators + frame) * volume + n_experts * math.prod(window)) * 4
     else:
         plane = _slice_shape(volume_shape, configuration["slice_axis"])
         parts["activations"] = forward_peak(network, plane, slice_batch_size, dtype)

@@ -79,7 +79,16 @@ def network_for_task(plans: dict, configuration: str, task: str) -> dict:
     config = plans["configurations"][configuration]
     network = dict(config["network"])
     network["in_channels"] = config["in_channels_per_task"][task]
+    if network.get("mask_channels"):
+        network["mask_channels"] = task_mask_channels(network["mask_channels"],
+                                                      len(plans["tasks"][task]["condition_channels"]))
     return network
+
+
+def task_mask_channels(mask_channels: int, num_conditions: int) -> int:
+    """An expert's mask channels for a task: none for an unconditional prior (a k-space task), which has no
+    condition to take a non-zero mask of."""
+    return int(mask_channels) if num_conditions else 0
 
 
 # ---------------------------------------------------------------- normalization, diffusion
@@ -162,7 +171,8 @@ class _Fitter:
         """Largest channel scale, then largest batch (>= the preset minimum) whose estimates fit."""
         p = self.p
         plane = [s for i, s in enumerate(self.crop) if i != axis]
-        in_per_task = {t: expert_in_channels(n, p.context_slices, p.position_channels)
+        in_per_task = {t: expert_in_channels(n, p.context_slices, p.position_channels,
+                                             task_mask_channels(p.mask_channels, n))
                        for t, n in self.conditions.items()}
         smallest = math.inf
         for scale in p.channel_scales:

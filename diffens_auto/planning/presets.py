@@ -37,6 +37,7 @@ class Preset:
     ensembler_max_attention_tokens: int  # 0: no attention in the 3D ensembler (paper Tab. 10)
     context_slices: int              # 2.5D (MADM): neighbouring slices on each side per condition channel
     position_channels: int           # global position channels fed to the experts (public code: 3)
+    mask_channels: int               # the condition's non-zero mask fed to the experts (public code: 1)
     expert_batch_size: int           # paper 4
     min_batch_size: int
     ensembler_batch_size: int        # paper 1
@@ -76,6 +77,7 @@ DEFAULT = Preset(
     # diffusion row by 0.1-0.4 dB (documentation/benchmarks.md)
     context_slices=2,
     position_channels=3,
+    mask_channels=0,
     expert_batch_size=4,
     min_batch_size=1,
     ensembler_batch_size=1,

@@ -123,6 +123,7 @@ def expert_network(preset: Preset, plane_shape, levels: int, in_channels: int, s
         "gradient_checkpointing": False,
         "context_slices": preset.context_slices,
         "position_channels": preset.position_channels,
+        "mask_channels": preset.mask_channels,
         "returns_features": True,
         "zero_init_output": False,
     }

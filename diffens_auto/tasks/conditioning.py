@@ -19,6 +19,10 @@ A reconstruction task (a `kspace` degradation) has no condition at all: its expe
 the target (`epsilon_target`), so the condition is (B, 0, X, Y, Z) and y0 the target, scaled by its zero-filled
 image (preprocessing's "degraded:KEY" set, center 0). Its measurement enters only at sampling, through the
 k-space operator's data consistency.
+
+The non-zero mask (`condition_mask`, for experts planned with a mask channel, the released code's input) marks the
+voxels where any condition channel differs from its background, i.e. where the input scan is not 0. Training
+takes it before intensity augmentation moves the background value; prediction from the prepared condition.
 """
 from __future__ import annotations
 
@@ -94,6 +98,25 @@ def task_background(properties: Mapping, plans: Mapping, task: str) -> np.ndarra
     """
     return np.array([-to["center"] / to["half_range"] for _, to in task_normalization(properties, plans, task)],
                     dtype=np.float32)
+
+
+MASK_TOLERANCE = 1e-4   # normalised units (the foreground range is [-1, 1]): above float rounding of a renormalised 0
+
+
+def condition_background(background: Sequence[float], task_plans: Mapping) -> list[float]:
+    """`task_background`'s values (target, then inputs) in condition order: the inputs', then the degraded target's."""
+    values = [float(v) for v in background]
+    return values[1:] + ([values[0]] if pooling(task_plans) else [])
+
+
+def condition_mask(condition: torch.Tensor, background: Sequence[float]) -> torch.Tensor:
+    """(B, 1, X, Y, Z) float mask of a (B, n_cond, X, Y, Z) condition: 1 where any channel is off its background."""
+    if condition.shape[1] != len(background):
+        raise ValueError(f"condition_mask: {condition.shape[1]} condition channels but {len(background)} "
+                         "background values.")
+    values = torch.as_tensor(list(background), dtype=condition.dtype, device=condition.device)
+    off = (condition - values.reshape(1, -1, 1, 1, 1)).abs() > MASK_TOLERANCE
+    return off.any(dim=1, keepdim=True).to(condition.dtype)
 
 
 def task_volumes(data, properties: Mapping, plans: Mapping, task: str):

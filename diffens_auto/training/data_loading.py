@@ -5,6 +5,8 @@ Each sample (see augmentation.py for the transforms):
     random case (uniform) -> load_case (memory-mapped; only the task's channels are read) -> task_volumes
     -> pad to plans["crop_size"] with each channel's background value, at a random block-aligned offset
        (training; the translation augmentation) or centred (validation)
+    -> for experts planned with a mask channel: the non-zero mask of the condition made from the placed case
+       (tasks.conditioning.condition_mask), stacked with the volume so that it moves with it
     -> spatial augmentation of the stacked [target, inputs] volume
     -> make_condition on the whole augmented volume (SR: degradation of the augmented target; cheap; a k-space
        task's prior: no condition channels at all)
@@ -12,12 +14,13 @@ Each sample (see augmentation.py for the transforms):
        ensembler: a random patch (`patch_size`: the configuration's for pretraining, fine_tune_shape to
        fine-tune) at a block-aligned start, centred for validation
     -> intensity augmentation of the condition's input channels (never of the degraded one, see augmentation.py);
-       then the expert's position channels (coordinates of the padded crop, slicing.position_channels) when its
-       network plans them.
+       then the expert's position channels (coordinates of the padded crop, slicing.position_channels) and its
+       mask channel when its network plans them.
 
-Batches: expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions, a, b)};
-ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z), "positions": (B, 3, X, Y, Z) (the patch's cut
-of the crop-wide coordinates, for experts planned with position channels), "target_params": (B, 2) (each case's
+Batches: expert {"y0": (B, 1, a, b), "condition": (B, n_cond * (1 + 2 context) + positions + mask, a, b)};
+ensembler {"y0": (B, 1, X, Y, Z), "condition": (B, n_cond, X, Y, Z), "positions": (B, 3 [+ 1], X, Y, Z) (the
+experts' frame: the patch's cut of the crop-wide coordinates, for experts planned with position channels, and of
+the mask when they take one), "target_params": (B, 2) (each case's
 [center, half_range] of the target in the task's normalisation, for experts of another task's space)}; float32
 torch tensors.
 
@@ -28,6 +31,7 @@ Give each DDP rank its own seed (base_seed + rank) so that the ranks draw differ
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -41,10 +45,22 @@ from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.diffusion.slicing import context_stack, position_channels, slices_of
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import make_condition, task_background, task_normalization, task_volumes
+from diffens_auto.tasks.conditioning import (condition_background, condition_mask, make_condition, task_background,
+                                             task_normalization, task_volumes)
 from diffens_auto.tasks.placement import block_step, draw_block_offset, draw_placement, place_in_crop
 from diffens_auto.training.augmentation import (AugmentationSettings, augment_intensity, augment_spatial,
                                                 intensity_transforms)
+
+
+@dataclass
+class CaseSample:
+    """One augmented case in the loader's volume: what the batch samplers cut slices or patches from."""
+
+    case_id: str
+    y0: torch.Tensor                 # (1, *volume_shape)
+    condition: torch.Tensor          # (n_cond, *volume_shape)
+    target_params: np.ndarray        # [center, half_range] of the target in the task's normalisation
+    mask: torch.Tensor | None        # (1, *volume_shape) the condition's non-zero mask, when the experts take it
 
 
 class _VolumeSampler(SlimDataLoaderBase):
@@ -76,7 +92,13 @@ class _VolumeSampler(SlimDataLoaderBase):
         self._transforms = intensity_transforms(self.settings)
         # the condition is [inputs..., up(A target)]: only the inputs are intensity-augmented
         self.num_augmented = len(self.task_plans["inputs"])
+        self.uses_mask = bool(self.task_plans["condition_channels"]) and any(
+            plans["configurations"][name]["network"].get("mask_channels", 0) for name in self.expert_names())
         self._rng = None
+
+    def expert_names(self) -> list[str]:
+        """The expert configurations whose inputs this loader's batches feed."""
+        return [self.configuration]
 
     def set_thread_id(self, thread_id: int) -> None:
         """Called in each batchgenerators worker process: its own random stream, one torch thread."""
@@ -95,9 +117,8 @@ class _VolumeSampler(SlimDataLoaderBase):
         """Start the stream of another epoch."""
         self.epoch, self._rng = int(epoch), None
 
-    def case_sample(self, rng: np.random.Generator) -> tuple[str, torch.Tensor, torch.Tensor, np.ndarray]:
-        """(case id, y0 (1, *volume_shape), condition (n_cond, *volume_shape), target params) of a random,
-        augmented case; target params = [center, half_range] of the target in the task's normalisation."""
+    def case_sample(self, rng: np.random.Generator) -> "CaseSample":
+        """A random, augmented case (CaseSample)."""
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         data, _, properties = load_case(self.data_folder, case_id, mmap=True)
         params = task_normalization(properties, self.plans, self.task)[0][1]
@@ -108,10 +129,23 @@ class _VolumeSampler(SlimDataLoaderBase):
         offset = draw_placement(volume.shape[1:], self.volume_shape, self.step, rng,
                                 centred=not self.settings.random_placement)
         volume = place_in_crop(volume, self.volume_shape, offset, background)
+        if self.uses_mask:
+            # the mask of the placed case, moved with it: a rotation's interpolation blurs the background value
+            volume = np.concatenate([volume, self._condition_mask(volume, background)])
+            background = np.append(background, 0.0)
         volume = augment_spatial(volume, background, self.step, self.settings, rng)
+        mask = None
+        if self.uses_mask:
+            volume, mask = volume[:-1], torch.from_numpy((volume[-1:] > 0.5).astype(np.float32))
         stacked = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
         condition, y0 = make_condition(stacked[:, :1], stacked[:, 1:], self.task_plans)
-        return case_id, y0[0], condition[0], target_params
+        return CaseSample(case_id, y0[0], condition[0], target_params, mask)
+
+    def _condition_mask(self, volume: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """(1, X, Y, Z) non-zero mask of the condition made from a placed [target, inputs] volume."""
+        stacked = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+        condition, _ = make_condition(stacked[:, :1], stacked[:, 1:], self.task_plans)
+        return condition_mask(condition, condition_background(background, self.task_plans))[0].numpy()
 
     def generate_train_batch(self) -> dict:
         """{"y0", "condition"} as float32 numpy arrays, plus "case_ids" (the loader takes it off)."""
@@ -132,25 +166,27 @@ class ExpertBatchSampler(_VolumeSampler):
         self.slice_axis = int(self.config["slice_axis"])
         self.context_slices = int(network.get("context_slices", 0))
         self.position_channels = int(network.get("position_channels", 0))
+        self.mask_channels = int(network.get("mask_channels", 0))
         self.in_channels = int(network["in_channels"])
 
     def generate_train_batch(self) -> dict:
         rng, dim = self.rng, 2 + self.slice_axis
         y0s, conditions, case_ids = [], [], []
         for _ in range(self.batch_size // self.slices_per_case):
-            case_id, y0, condition, _ = self.case_sample(rng)
+            case = self.case_sample(rng)
             picked = rng.choice(self.volume_shape[self.slice_axis], self.slices_per_case, replace=False)
             idx = torch.from_numpy(np.sort(picked).astype(np.int64))
-            y0s.append(slices_of(y0[None].index_select(dim, idx), self.slice_axis).numpy())
-            stacked = slices_of(context_stack(condition[None], self.slice_axis, self.context_slices, idx),
+            y0s.append(slices_of(case.y0[None].index_select(dim, idx), self.slice_axis).numpy())
+            stacked = slices_of(context_stack(case.condition[None], self.slice_axis, self.context_slices, idx),
                                 self.slice_axis).numpy()    # (n, C * (2s + 1), a, b)
-            conditions.append(self._slice_conditions(stacked, condition.shape[0], idx, rng))
-            case_ids += [case_id] * self.slices_per_case
+            conditions.append(self._slice_conditions(stacked, case, idx, rng))
+            case_ids += [case.case_id] * self.slices_per_case
         return {"y0": np.concatenate(y0s), "condition": np.concatenate(conditions), "case_ids": np.array(case_ids)}
 
-    def _slice_conditions(self, stacked: np.ndarray, n_cond: int, idx: torch.Tensor, rng) -> np.ndarray:
-        """Intensity augmentation (a channel and its context slices share one draw), then the position channels."""
-        out = stacked
+    def _slice_conditions(self, stacked: np.ndarray, case: CaseSample, idx: torch.Tensor, rng) -> np.ndarray:
+        """Intensity augmentation (a channel and its context slices share one draw), then the position and mask
+        channels."""
+        out, n_cond = stacked, case.condition.shape[0]
         if n_cond:    # an unconditional prior (a k-space task) has no condition channel to augment
             grouped = stacked.reshape(stacked.shape[0], n_cond, -1, *stacked.shape[2:])
             out = np.stack([augment_intensity(g, self.settings, rng, self._transforms, self.num_augmented)
@@ -160,6 +196,9 @@ class ExpertBatchSampler(_VolumeSampler):
             coords = position_channels(self.volume_shape, channels=self.position_channels)
             positions = slices_of(coords.index_select(2 + self.slice_axis, idx), self.slice_axis).numpy()
             out = np.concatenate([out, positions], axis=1)
+        if self.mask_channels:
+            mask = slices_of(case.mask[None].index_select(2 + self.slice_axis, idx), self.slice_axis).numpy()
+            out = np.concatenate([out, mask], axis=1)
         return out
 
 
@@ -175,22 +214,27 @@ class EnsemblerBatchSampler(_VolumeSampler):
         volume_shape = tuple(max(int(c), p) for c, p in zip(plans["crop_size"], self.patch_size))
         super().__init__(data_folder, case_ids, plans, task, configuration, volume_shape=volume_shape, **kwargs)
 
+    def expert_names(self) -> list[str]:
+        """The ensembler's experts, whose inputs the batches' frame feeds."""
+        return list(self.config["experts"])
+
     def generate_train_batch(self) -> dict:
         rng = self.rng
         y0s, conditions, positions, case_ids, target_params = [], [], [], [], []
         # Experts planned with position channels saw crop-wide coordinates: a patch gets its cut of them.
         coords = position_channels(self.volume_shape)[0]
         for _ in range(self.batch_size):
-            case_id, y0, condition, params = self.case_sample(rng)
-            target_params.append(params)
+            case = self.case_sample(rng)
+            target_params.append(case.target_params)
             start = [draw_block_offset(v - p, s, rng, centred=not self.settings.random_placement)
                      for v, p, s in zip(self.volume_shape, self.patch_size, self.step)]
-            window = tuple(slice(a, a + p) for a, p in zip(start, self.patch_size))
-            y0s.append(y0[(slice(None),) + window].numpy())
-            conditions.append(augment_intensity(condition[(slice(None),) + window].numpy(), self.settings, rng,
+            window = (slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, self.patch_size))
+            y0s.append(case.y0[window].numpy())
+            conditions.append(augment_intensity(case.condition[window].numpy(), self.settings, rng,
                                                 self._transforms, self.num_augmented))
-            positions.append(coords[(slice(None),) + window].numpy())
-            case_ids.append(case_id)
+            frame = coords if case.mask is None else torch.cat([coords, case.mask])
+            positions.append(frame[window].numpy())
+            case_ids.append(case.case_id)
         return {"y0": np.stack(y0s), "condition": np.stack(conditions), "positions": np.stack(positions),
                 "target_params": np.stack(target_params), "case_ids": np.array(case_ids)}
 

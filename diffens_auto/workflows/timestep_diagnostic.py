@@ -21,12 +21,13 @@ from diffens_auto.atomic import atomic_path, atomic_write_json
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.diagnostic import bucket_timesteps, timestep_errors
 from diffens_auto.diffusion.prediction import as_eps_denoiser
-from diffens_auto.diffusion.strategies import build_strategy
+from diffens_auto.diffusion.slicing import expert_frame, needs_frame, position_channels
+from diffens_auto.diffusion.strategies import WithPositions, build_strategy
 from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.inference.model import TrainedModel
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import (make_condition, target_from_y0, task_background, task_normalization,
-                                             task_volumes)
+from diffens_auto.tasks.conditioning import (condition_background, condition_mask, make_condition, target_from_y0,
+                                             task_background, task_normalization, task_volumes)
 from diffens_auto.tasks.placement import block_step, draw_placement, place_in_crop
 
 NUM_BUCKETS = 10
@@ -45,20 +46,29 @@ def diagnosed_strategies(model: TrainedModel) -> dict:
 
 
 def case_sample(data_folder: Path, case_id: str, plans: dict, task: str):
-    """(y0, condition, region, target params) of a preprocessed case centred in the crop, as the validation batches
-    make them; target params = [[center, half_range]] of the target in the task's normalisation."""
+    """(y0, condition, region, target params, expert frame) of a preprocessed case centred in the crop, as the
+    validation batches make them; target params = [[center, half_range]] of the target in the task's
+    normalisation; the frame = the crop's coordinates and the condition's non-zero mask (slicing.expert_frame)."""
     data, _, properties = load_case(data_folder, case_id)
     target, inputs = task_volumes(data, properties, plans, task)
     stacked = np.concatenate([target, inputs])
     crop = plans["crop_size"]
     task_plans = plans["tasks"][task]
     offset = draw_placement(stacked.shape[1:], crop, block_step(task_plans), np.random.default_rng(0), centred=True)
-    placed = torch.from_numpy(place_in_crop(stacked, crop, offset, task_background(properties, plans, task)))[None]
+    background = task_background(properties, plans, task)
+    placed = torch.from_numpy(place_in_crop(stacked, crop, offset, background))[None]
     condition, y0 = make_condition(placed[:, :1], placed[:, 1:], task_plans)
     region = (slice(None), slice(None)) + tuple(slice(max(o, 0), min(o + n, c))
                                                 for o, n, c in zip(offset, stacked.shape[1:], crop))
     params = task_normalization(properties, plans, task)[0][1]
-    return y0, condition, region, [[params["center"], params["half_range"]]]
+    mask = condition_mask(condition, condition_background(background, task_plans)) if condition.shape[1] else None
+    frame = expert_frame(position_channels(condition.shape[2:]), mask)
+    return y0, condition, region, [[params["center"], params["half_range"]]], frame
+
+
+def _in_frame(strategy, frame: torch.Tensor):
+    """The strategy run in the case's expert frame when any of its experts takes position or mask channels."""
+    return WithPositions(strategy, frame) if any(map(needs_frame, getattr(strategy, "runners", []))) else strategy
 
 
 def _psnr(mse: float, data_range: float) -> float | None:
@@ -71,13 +81,14 @@ def timestep_diagnostic(model: TrainedModel, data_folder: Path, cases: list[str]
     schedule = NoiseSchedule.from_plans(model.plans["diffusion"])
     timesteps = bucket_timesteps(schedule.num_train_steps, NUM_BUCKETS)
     prediction = model.task_plans.get("prediction", "epsilon")
-    strategies = {name: as_eps_denoiser(strategy, schedule, prediction)
-                  for name, strategy in diagnosed_strategies(model).items()}
-    sums = {name: {"x0_psnr": [], "eps_mse": []} for name in [*strategies, TRIVIAL]}
+    diagnosed = diagnosed_strategies(model)
+    sums = {name: {"x0_psnr": [], "eps_mse": []} for name in [*diagnosed, TRIVIAL]}
     for index, case in enumerate(sorted(cases)):
-        y0, condition, region, target_params = case_sample(data_folder, case, model.plans, model.task)
+        y0, condition, region, target_params, frame = case_sample(data_folder, case, model.plans, model.task)
         set_case_params(model.runners.values(), target_params)
-        y0, condition = y0.to(device), condition.to(device)
+        y0, condition, frame = y0.to(device), condition.to(device), frame.to(device)
+        strategies = {name: as_eps_denoiser(_in_frame(strategy, frame), schedule, prediction)
+                      for name, strategy in diagnosed.items()}
         noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(seed + index)).to(device)
 
         def to_target(volume):

@@ -7,7 +7,7 @@ import torch
 from tiny_plans import any_residual_statistics
 
 from diffens_auto.benchmarking import PeakMemoryTracker, measure_training_step
-from diffens_auto.planning import estimate_training_memory, plan_experiment
+from diffens_auto.planning import estimate_inference_memory, estimate_training_memory, plan_experiment
 
 TOLERANCE = 0.25
 
@@ -60,15 +60,31 @@ def test_memory_model_is_within_25_percent_of_the_measured_peak(tiny_plans, case
         f"(phases {measured.phase_peaks})")
 
 
-def test_ensembler_step_with_2_5d_experts_runs(tiny_plans):
-    """Experts with context slices and position channels get their own in_channels, not 1 + n_cond."""
+@pytest.mark.parametrize("mask_channels", [0, 1])
+def test_ensembler_step_with_2_5d_experts_runs(tiny_plans, mask_channels):
+    """Experts with context slices, position and mask channels get their own in_channels, not 1 + n_cond."""
     chosen, experts = configuration(tiny_plans, "3d_ensembler")
     for name in experts:
         experts[name] = copy.deepcopy(experts[name])
-        experts[name]["network"].update(context_slices=1, position_channels=3)
+        experts[name]["network"].update(context_slices=1, position_channels=3, mask_channels=mask_channels)
     measured = measure_training_step(chosen, experts=experts, slice_batch_size=8)
     assert measured.peak_bytes > measured.resident_bytes > 0
     assert measured.phase_peaks["expert_forward"] > 0
+    estimate = estimate_training_memory(chosen, "float32", experts=experts, slice_batch_size=8)
+    assert abs(estimate.total_bytes - measured.peak_bytes) <= TOLERANCE * measured.peak_bytes
+
+
+def test_the_experts_frame_is_one_volume_per_channel_in_the_inference_estimate(tiny_plans):
+    chosen, experts = configuration(tiny_plans, "3d_ensembler")
+    shape = [32, 32, 32]
+
+    def buffers(position, mask):
+        edited = copy.deepcopy(experts)
+        for name in edited:
+            edited[name]["network"].update(position_channels=position, mask_channels=mask)
+        return estimate_inference_memory(chosen, "float32", volume_shape=shape, experts=edited).volume_buffers
+    assert buffers(3, 0) - buffers(0, 0) == 3 * 4 * 32 ** 3
+    assert buffers(3, 1) - buffers(3, 0) == 4 * 32 ** 3
 
 
 # ------------------------------------------------------------------------------------- the tracker itself

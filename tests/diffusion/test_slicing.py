@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffens_auto.diffusion.slicing import ExpertRunner, context_stack, position_channels, restack, slices_of
+from diffens_auto.diffusion.slicing import (ExpertRunner, context_stack, expert_frame, position_channels, restack,
+                                            slices_of)
 
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 
@@ -39,7 +40,7 @@ def loop_reference(expert, y_t, condition, t, slice_axis, context, positions=Non
                 for k in range(-context, context + 1):
                     parts.append(condition[b:b + 1, c:c + 1].select(dim, min(max(s + k, 0), size - 1)))
             if positions is not None:
-                parts.append(positions.select(dim, s))
+                parts.append((positions[b:b + 1] if positions.shape[0] > 1 else positions).select(dim, s))
             out, feats = expert(torch.cat(parts, dim=1), torch.tensor([int(t[b])]))
             eps[b:b + 1].select(dim, s).copy_(out)
             if features is None:
@@ -140,6 +141,26 @@ def test_runner_positions_and_condition_selection(slice_axis):
         eps_ref, _ = loop_reference(expert, y_t, condition[:, 2:], torch.tensor([7]), slice_axis, 0,
                                     positions=position_channels((8, 8, 4)))
     assert (eps - eps_ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("position", [0, 3])
+def test_runner_takes_the_mask_from_the_frame_after_the_positions(position):
+    y_t, condition = torch.randn(2, 1, 6, 8, 4), torch.randn(2, 1, 6, 8, 4)
+    mask = (torch.rand(2, 1, 6, 8, 4) > 0.5).float()
+    frame = expert_frame(position_channels((6, 8, 4)), mask)
+    assert frame.shape == (2, 4, 6, 8, 4) and torch.equal(frame[:, 3:], mask)
+    expert = StandInExpert(1 + 1 + position + 1).eval()
+    runner = ExpertRunner.from_network(expert, {"position_channels": position, "mask_channels": 1}, 1, 5)
+    eps, _ = runner(y_t, condition, 3, positions=frame)
+    reference_frame = frame if position else mask
+    with torch.no_grad():
+        eps_ref, _ = loop_reference(expert, y_t, condition, torch.tensor([3, 3]), 1, 0, positions=reference_frame)
+    assert (eps - eps_ref).abs().max() <= 1e-5
+    # the coordinates can be made from a volume's shape; the mask cannot
+    with pytest.raises(ValueError, match="non-zero mask channel"):
+        runner(y_t, condition, 3)
+    with pytest.raises(ValueError, match="non-zero mask channel"):
+        runner(y_t, condition, 3, positions=position_channels((6, 8, 4)))
 
 
 def test_runner_from_network_and_grad():

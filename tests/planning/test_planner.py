@@ -10,6 +10,7 @@ from tiny_plans import any_residual_statistics
 from diffens_auto.planning import (PlanningError, UnknownPresetError, estimate_inference_memory,
                                    estimate_training_memory, network_for_task, plan_experiment, plans_problems,
                                    validate_plans)
+from diffens_auto.networks import build_expert
 from diffens_auto.planning.plans_schema import PlansError
 
 BRATS_CHANNELS = {0: "T1", 1: "T1ce", 2: "T2", 3: "FLAIR"}
@@ -243,6 +244,26 @@ def test_context_slices_and_position_channels_widen_the_expert_input(monkeypatch
     assert expert["network"]["in_channels"] == 14
     assert expert["network"]["context_slices"] == 2 and expert["network"]["position_channels"] == 3
     assert plans["configurations"]["3d_ensembler"]["in_channels_per_task"]["both"] == 5
+
+
+def test_a_mask_channel_widens_the_conditioned_experts_only(monkeypatch):
+    from dataclasses import replace
+
+    from diffens_auto.planning import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", replace(presets.PRESETS["tiny"], mask_channels=1))
+    plans = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, preset="tiny")
+    context = 2 * presets.TINY.context_slices + 1
+    expert = plans["configurations"]["2d_axial"]
+    assert expert["in_channels_per_task"] == {"sr": 1 + context + 3 + 1, "mt": 1 + context + 3 + 1,
+                                              "both": 1 + 2 * context + 3 + 1}
+    assert network_for_task(plans, "2d_axial", "both")["mask_channels"] == 1
+    # an unconditional prior has no condition to take a mask of
+    fp = brats_fingerprint(num_channels=1)
+    recon = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "D", 40.0, preset="tiny")
+    assert recon["configurations"]["2d_axial"]["in_channels_per_task"] == {"recon": 1 + 3}
+    network = network_for_task(recon, "2d_axial", "recon")
+    assert network["mask_channels"] == 0 and build_expert(network) is not None
 
 
 def test_residual_scale_and_clip_come_from_the_measured_residual():

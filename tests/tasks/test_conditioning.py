@@ -5,7 +5,8 @@ import torch
 
 from diffens_auto.operators import AvgPoolSR, degrade_image, operator_for, upsample_to_grid
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import make_condition, target_from_y0, task_background, task_volumes
+from diffens_auto.tasks.conditioning import (MASK_TOLERANCE, condition_background, condition_mask, make_condition,
+                                             target_from_y0, task_background, task_volumes)
 
 
 def _raw(x, params):
@@ -164,3 +165,25 @@ def test_a_kspace_task_scales_its_target_by_the_stored_zero_filled_scale():
     np.testing.assert_allclose(target[0], [[[0.0, 0.25, 0.5]]], atol=1e-7)   # raw / 400: no offset
     assert inputs.shape == (0, 1, 1, 3)
     assert task_background(properties, plans, "recon").tolist() == [0.0]     # raw 0 stays 0 (no spike at DC)
+
+
+def test_condition_mask_marks_voxels_off_their_channels_background():
+    condition = torch.full((1, 2, 2, 2, 1), -1.0)
+    condition[0, 1] = 0.5                                   # channel 1's background is 0.5
+    condition[0, 0, 0, 0, 0] = -1.0 + 2 * MASK_TOLERANCE    # off channel 0's background
+    condition[0, 1, 1, 1, 0] = 0.5 + MASK_TOLERANCE / 2     # within float rounding of channel 1's
+    condition[0, 1, 0, 1, 0] = 0.0                          # off channel 1's
+    mask = condition_mask(condition, [-1.0, 0.5])
+    assert mask.shape == (1, 1, 2, 2, 1) and mask.dtype == condition.dtype
+    assert mask[0, 0, ..., 0].tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="2 condition channels but 1 background"):
+        condition_mask(condition, [-1.0])
+
+
+def test_condition_background_is_in_condition_order():
+    background = [-0.9, -1.1, -1.3]       # target, then the inputs
+    sr_with_input = {"degradation": {"type": "avgpool", "factor": [2, 2, 2]}}
+    assert condition_background(background, sr_with_input) == pytest.approx([-1.1, -1.3, -0.9])
+    assert condition_background(background, {"degradation": None}) == pytest.approx([-1.1, -1.3])
+    kspace = {"degradation": {"type": "kspace", "mask": "poisson", "acceleration": 4}}
+    assert condition_background(background[:1], kspace) == []

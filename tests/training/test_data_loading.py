@@ -8,8 +8,10 @@ from diffens_auto.dataset.splits import split_case_ids
 from diffens_auto.diffusion.slicing import position_channels
 from diffens_auto.planning.planner import network_for_task
 from diffens_auto.preprocessing.storage import load_case
-from diffens_auto.tasks.conditioning import make_condition, task_background, task_volumes
+from diffens_auto.tasks.conditioning import (condition_background, condition_mask, make_condition, task_background,
+                                             task_volumes)
 from diffens_auto.tasks.placement import draw_placement, place_in_crop
+from diffens_auto.training.augmentation import AugmentationSettings
 from diffens_auto.training.data_loading import EnsemblerDataLoader, ExpertDataLoader
 
 EXPERTS = ["2d_axial", "2d_coronal", "2d_sagittal"]
@@ -92,6 +94,71 @@ def test_context_slices_and_position_channels(demo_data, plans):
         for c in range(2):
             for k, neighbour in enumerate((max(z - 1, 0), z, min(z + 1, crop[2] - 1))):
                 torch.testing.assert_close(batch["condition"][b, 3 * c + k], condition[0, c, ..., neighbour])
+
+
+def _with_mask(plans, configurations=EXPERTS):
+    """The plans with a non-zero mask channel planned for the experts `configurations` (every conditioned task)."""
+    for name in configurations:
+        config = plans["configurations"][name]
+        config["network"]["mask_channels"] = 1
+        for task in config["in_channels_per_task"]:
+            config["in_channels_per_task"][task] += 1
+    return plans
+
+
+def _condition_backgrounds(demo_data, plans, case_ids, task):
+    properties = [load_case(demo_data.data_folder, case_id)[2] for case_id in case_ids]
+    return [condition_background(task_background(p, plans, task), plans["tasks"][task]) for p in properties]
+
+
+def test_expert_batches_end_with_the_mask_of_the_unaugmented_condition(demo_data, plans):
+    # SR's one condition channel (the degraded target) is never intensity-augmented, so even in augmented training
+    # batches the mask must be exactly where it differs from the background.
+    loader = _expert(demo_data, _with_mask(plans), "sr", seed=2, batch_size=4, slices_per_case=2)
+    batch = next(loader)
+    context = 2 * plans["configurations"]["2d_axial"]["network"]["context_slices"] + 1
+    assert batch["condition"].shape[1] == context + 3 + 1
+    mask, degraded = batch["condition"][:, -1:], batch["condition"][:, context // 2:context // 2 + 1]
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    for b, background in enumerate(_condition_backgrounds(demo_data, plans, loader.last_case_ids, "sr")):
+        expected = condition_mask(degraded[b:b + 1, :, None], background)[:, :, 0]
+        torch.testing.assert_close(mask[b:b + 1], expected, rtol=0, atol=0)
+
+
+def test_an_mt_mask_is_taken_before_intensity_augmentation(demo_data, plans):
+    # intensity augmentation only (always on), the case centred: the condition moves off its background value,
+    # the mask must stay that of the unaugmented condition
+    settings = AugmentationSettings(random_placement=False, mirror_axes=(), p_noise=1.0, p_brightness=1.0,
+                                    brightness_range=(1.2, 1.25))
+    loader = _expert(demo_data, _with_mask(plans), "mt", seed=3, batch_size=4, slices_per_case=2,
+                     augmentation=settings)
+    batch = next(loader)
+    crop = plans["crop_size"]
+    coords = position_channels(crop)[0]
+    context = plans["configurations"]["2d_axial"]["network"]["context_slices"]
+    for b, case_id in enumerate(loader.last_case_ids):
+        data, _, properties = load_case(demo_data.data_folder, case_id)
+        target, inputs = task_volumes(data, properties, plans, "mt")
+        volume = np.concatenate([target, inputs])
+        background = task_background(properties, plans, "mt")
+        offset = draw_placement(volume.shape[1:], crop, (1, 1, 1), None, centred=True)
+        volume = torch.from_numpy(place_in_crop(volume, crop, offset, background))
+        condition, _ = make_condition(volume[None, :1], volume[None, 1:], plans["tasks"]["mt"])
+        z = int(torch.argmin((coords[2, 0, 0] - batch["condition"][b, -2, 0, 0]).abs()))
+        unaugmented = condition[..., z]
+        expected = condition_mask(unaugmented[:, :, None], condition_background(background, plans["tasks"]["mt"]))
+        torch.testing.assert_close(batch["condition"][b:b + 1, -1:], expected[:, :, 0], rtol=0, atol=0)
+        assert not torch.allclose(batch["condition"][b, context], unaugmented[0, 0], atol=1e-3)
+
+
+def test_ensembler_batches_carry_the_mask_in_the_experts_frame(demo_data, plans):
+    plans = _with_mask(plans, plans["configurations"]["3d_ensembler"]["experts"])
+    loader = _ensembler(demo_data, plans, "sr", "3d_ensembler", seed=4)
+    batch = next(loader)
+    assert batch["positions"].shape[1] == 4
+    for b, background in enumerate(_condition_backgrounds(demo_data, plans, loader.last_case_ids, "sr")):
+        expected = condition_mask(batch["condition"][b:b + 1], background)
+        torch.testing.assert_close(batch["positions"][b:b + 1, 3:], expected, rtol=0, atol=0)
 
 
 def test_slices_per_case(demo_data, plans):

@@ -31,7 +31,7 @@ def test_an_oracle_denoiser_is_exact_at_every_timestep(trained_demo_folders):
     model = load_trained_model(900, "sr", "2d_axial", 0)
     data_folder = trained_demo_folders.preprocessed / "Dataset900_DemoBrain" / model.plans["data_identifier"]
     case = "DemoBrain_000"
-    y0, _, _, _ = case_sample(data_folder, case, model.plans, "sr")
+    y0, _, _, _, _ = case_sample(data_folder, case, model.plans, "sr")
     alpha_bar = NoiseSchedule.from_plans(model.plans["diffusion"]).alpha_bar.float()
 
     def oracle(y_t, condition, t):       # the exact output of what the model predicts (v for SR tasks)
