@@ -139,6 +139,20 @@ class ExpertRunner:
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
             return self._run(y_t, condition, t, want_features, self._frame_channels(y_t, positions))
 
+    def run_slices(self, y_t: torch.Tensor, condition: torch.Tensor, t, slice_indices,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The expert's output on the slices `slice_indices` of its plane only: (B, C, ...) with those slices along
+        the slice axis, in one forward under the caller's grad mode (test-time adaptation's few slices)."""
+        if self.condition_indices is not None:
+            condition = condition[:, self.condition_indices]
+        frame = self._frame_channels(y_t, positions)
+        batch = y_t.shape[0]
+        idx = torch.as_tensor(slice_indices, dtype=torch.long)
+        t = timesteps_for(t, batch, y_t.device)
+        x = torch.cat([self._slice_input(y_t, condition, frame, b, idx) for b in range(batch)])
+        output, _ = self.expert(x, t.repeat_interleave(len(idx)))
+        return restack(output, self.slice_axis, batch)
+
     def _frame_channels(self, y_t, frame):
         """The frame channels this expert takes (coordinates, mask), or None when it takes none."""
         if not needs_frame(self):

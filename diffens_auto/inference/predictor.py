@@ -37,7 +37,7 @@ from diffens_auto.inference.case_preparation import PreparedCase, finish_case, p
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
 from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model, prediction_request
 from diffens_auto.inference.previews import write_preview
-from diffens_auto.inference.sampling_settings import SamplingSettings
+from diffens_auto.inference.sampling_settings import AdaptationRequest, SamplingSettings
 from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
@@ -80,7 +80,8 @@ class DiffensPredictor:
     def __init__(self, *, steps: int | None = None, sampler: str | None = None, eta: float | None = None,
                  seed: int = 0, num_samples: int = 1, consistency: bool | None = None, input_grid: str = "lr",
                  device="cpu", slice_batch_size: int | None = None, progress: bool = True, previews: bool = False,
-                 dc_gamma: float | None = None, dc_steps: int | None = None, start_timestep: int | None = None):
+                 dc_gamma: float | None = None, dc_steps: int | None = None, start_timestep: int | None = None,
+                 adaptation: AdaptationRequest | None = None):
         """Store the settings (None: the plans' value); call initialize_from_trained_model next."""
         self.sampling = SamplingSettings(steps=steps, sampler=sampler, eta=eta, seed=int(seed),
                                          num_samples=int(num_samples),
@@ -90,6 +91,7 @@ class DiffensPredictor:
         self.consistency = True if consistency is None else bool(consistency)   # the plans' once a model is loaded
         self.device = check_device(device, PredictionSetupError)
         self.progress, self.previews = progress, previews
+        self.adaptation = adaptation or AdaptationRequest()
         self.model: TrainedModel | None = None
         self.sampler = None
 
@@ -120,6 +122,9 @@ class DiffensPredictor:
             from diffens_auto.inference.recon_prediction import recon_sampler
             self.model, self.sampler = model, recon_sampler(model.plans, model.task, self.sampling)
             return self
+        if self.adaptation.active:
+            raise PredictionSetupError(f"--adapt {self.adaptation.method}: test-time adaptation is built for recon "
+                                       f"tasks only so far; task '{model.task}' is not one. Fix: leave --adapt out.")
         if self.sampling.dc_gamma is not None or self.sampling.dc_steps is not None:
             raise PredictionSetupError(f"--dc_gamma / --dc_steps: task '{model.task}' has no k-space data "
                                        "consistency (only recon tasks do). Fix: leave them out.")
@@ -188,16 +193,23 @@ class DiffensPredictor:
         # experts of another task's space (a fusion ensembler) need the case's target normalisation
         set_case_params(model.runners.values(), [[target_params["center"], target_params["half_range"]]])
         strategy = model.strategy
-        runners = getattr(strategy, "runners", [])
-        if any(needs_frame(runner) for runner in runners):
-            # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
-            unpadded = [n - a - b for n, (a, b) in zip(shape, pads)]
-            positions = case_positions(unpadded, pads, model.plans["crop_size"], block_step(model.task_plans),
-                                       device=self.device)
-            wants_mask = any(getattr(runner, "mask_channels", 0) for runner in runners)
-            frame = expert_frame(positions, mask.to(self.device) if wants_mask and mask is not None else None)
+        frame = self.case_frame(shape, pads, mask)
+        if frame is not None:
             strategy = WithPositions(strategy, frame)
         return as_eps_denoiser(strategy, self.sampler.schedule, model.task_plans.get("prediction", "epsilon"))
+
+    def case_frame(self, shape, pads, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The experts' frame of a case padded by `pads` to `shape` (None when no expert takes one)."""
+        model = self._require_model()
+        runners = list(model.runners.values())
+        if not any(needs_frame(runner) for runner in runners):
+            return None
+        # the coordinates of training's frame (the crop, the case centred in it), not of the padded case
+        unpadded = [n - a - b for n, (a, b) in zip(shape, pads)]
+        positions = case_positions(unpadded, pads, model.plans["crop_size"], block_step(model.task_plans),
+                                   device=self.device)
+        wants_mask = any(getattr(runner, "mask_channels", 0) for runner in runners)
+        return expert_frame(positions, mask.to(self.device) if wants_mask and mask is not None else None)
 
     def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
         """num_samples targets of a prepared case, each a float32 image on the output grid."""
@@ -279,7 +291,12 @@ class DiffensPredictor:
         model = self._require_model()
         if is_kspace(model.task_plans.get("degradation")):
             from diffens_auto.inference.recon_prediction import DDSReconstruction, predict_recon_folder
-            return predict_recon_folder(DDSReconstruction(self), input_folder, output_folder, continue_prediction,
+            if self.adaptation.active:
+                from diffens_auto.inference.adapted_recon import AdaptedReconstruction
+                reconstruction = AdaptedReconstruction(self, self.adaptation)
+            else:
+                reconstruction = DDSReconstruction(self)
+            return predict_recon_folder(reconstruction, input_folder, output_folder, continue_prediction,
                                         num_parts=num_parts, part_id=part_id, progress=self.progress,
                                         previews=self.previews)
         input_folder, output_folder = Path(input_folder), Path(output_folder)

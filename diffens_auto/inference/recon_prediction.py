@@ -49,7 +49,7 @@ from diffens_auto.preprocessing.normalization import zero_filled_params
 BUNDLE_ENDING, OUTPUT_ENDING = ".npz", ".nii.gz"
 ZERO_FILLED = "zero_filled"
 # what must match for --continue_prediction to keep earlier recon outputs
-RECON_RESUME_KEYS = RESUME_KEYS + ("dc_gamma", "dc_steps")
+RECON_RESUME_KEYS = RESUME_KEYS + ("dc_gamma", "dc_steps", "adaptation")
 # D3IP's loop clips x̂0 before the data consistency: the objects are non-negative magnitudes, and with eps-prediction
 # the large-t estimates swing far below 0, which |x| turns into bright speckle; no upper bound, since a real scan's
 # brightest voxels reach 2.4 s while phantoms stay near 1.1 s
@@ -177,10 +177,12 @@ def recon_pads(shape, multiples) -> list[tuple[int, int]]:
 
 
 def dds_reconstruct(case: ReconCase, denoiser, sampler, pads, *, gamma: float, cg_steps: int, seed: int,
-                    device="cpu", progress: bool = False) -> np.ndarray:
+                    device="cpu", progress: bool = False, consistency=None) -> np.ndarray:
     """One DDS sample |x| · s of a prepared case (float32, canonical, on the bundle's grid).
 
     `denoiser(y_t, condition, t)` sees the case padded by `pads` (`recon_pads`), with a condition of 0 channels.
+    `consistency` replaces the CG data consistency on the bundle's grid: anything with
+    cg_data_consistency(x0_hat, y, gamma, num_steps) on the padded volume (mbir's TV-ADMM).
     """
     extras = [a + b for a, b in pads]
     # background 0 around the scan (training pads with the background, 0 in a scale-only normalisation)
@@ -188,7 +190,8 @@ def dds_reconstruct(case: ReconCase, denoiser, sampler, pads, *, gamma: float, c
     condition = start_image.new_zeros((1, 0, *start_image.shape[2:]))
     # the mask on the sampling device once, not copied there at every FFT of every CG step
     operator = FileOrderKSpace(case.operator.reorientation, case.operator.mask.to(device), case.operator.fft_axes)
-    x = dds_sample(denoiser, sampler, _Interior(operator, pads), case.measurement.to(device), start_image,
+    consistency = consistency or _Interior(operator, pads)
+    x = dds_sample(denoiser, sampler, consistency, case.measurement.to(device), start_image,
                    slice_axis=case.slice_axis, gamma=gamma, cg_steps=cg_steps, clip=X0_CLIP, seed=seed,
                    condition=condition, progress=progress)
     return (unpad(x, pads)[0, 0].abs().double() * case.params["half_range"]).float().cpu().numpy()
@@ -279,7 +282,7 @@ class DDSReconstruction:
     def settings(self) -> dict:
         """The predictor's settings with the data consistency's."""
         sampler = self.predictor.sampler
-        return {**self.predictor.settings(), "dc_gamma": self.gamma, "dc_steps": self.cg_steps,
+        return {**self.predictor.settings(), "dc_gamma": self.gamma, "dc_steps": self.cg_steps, "adaptation": None,
                 "recon": {"start_timestep": int(sampler.timesteps[0]), "data_consistency": "D3IP Eq. 27-28, CG",
                           "eta_convention": getattr(sampler, "eta_convention", None)}}
 
@@ -309,6 +312,9 @@ def _predict_bundle(reconstruction, case: BundleCase, outputs: Mapping[str, Path
     prepared = prepare_recon_case(read_kspace_bundle(case.bundle), reconstruction.plans, reconstruction.task,
                                   case.case_id)
     stacked = np.stack(reconstruction.reconstruct(prepared))
+    write_extra_outputs = getattr(reconstruction, "write_extra_outputs", None)
+    if write_extra_outputs is not None:       # before the prediction, whose presence means the case is done
+        write_extra_outputs(outputs)
     mean = stacked.mean(axis=0).astype(np.float32)
     std = stacked.std(axis=0).astype(np.float32) if len(stacked) > 1 else None
     if std is not None:
@@ -352,6 +358,9 @@ def predict_recon_folder(reconstruction, input_folder, output_folder, continue_p
     atomic_write_json(settings, summary.settings_file)
     for case in tqdm(cases, desc="cases", unit="case", disable=not progress):
         outputs = _output_paths(output_folder, case.case_id, reconstruction.num_samples, previews)
+        extra_outputs = getattr(reconstruction, "extra_outputs", None)
+        if extra_outputs is not None:
+            outputs.update(extra_outputs(output_folder, case.case_id))
         inputs = {"bundle": case.bundle}
         if continue_prediction and all(p.is_file() for p in outputs.values()):
             summary.add(case.case_id, "skipped", "already predicted (--continue_prediction)", 0.0, outputs=outputs,

@@ -1,9 +1,11 @@
 """How a prediction samples: steps, sampler, eta, seed, samples per case, consistency, input grid, slice batch, and
-a recon task's data consistency (gamma, CG steps), the first timestep."""
+a recon task's data consistency (gamma, CG steps), the first timestep; and what a prediction adapts (--adapt)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from diffens_auto.adaptation.settings import METHODS
 from diffens_auto.diffusion.samplers import SAMPLERS
 from diffens_auto.inference.case_preparation import INPUT_GRIDS
 from diffens_auto.inference.model import PredictionSetupError
@@ -49,3 +51,28 @@ class SamplingSettings:
                                        "chain starts there; default: the plans').")
         if self.dc_steps is not None and self.dc_steps < 0:
             raise PredictionSetupError(f"--dc_steps {self.dc_steps}: give a number of CG steps >= 0.")
+
+
+@dataclass(frozen=True)
+class AdaptationRequest:
+    """The --adapt flags of a prediction: the variant, the hyperparameters given (None: the plans'), the LoRA files."""
+
+    method: str = "none"                       # none | d3ip | d3ip_mbir | d3ip_meta | ddip
+    overrides: dict = field(default_factory=dict)   # slices, steps, lr, lora_rank, horizon, tv_rho, ... as given
+    save_adapted: bool = False                 # write CASE_lora.pth beside each output
+    lora: Path | None = None                   # start from these LoRA weights (a CASE_lora.pth)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise PredictionSetupError(f"--adapt {self.method}: use one of {', '.join(METHODS)}.")
+        if self.method == "none" and (self.save_adapted or self.lora is not None):
+            raise PredictionSetupError("--save_adapted / --lora: they need an adapted prediction. Fix: give --adapt "
+                                       "d3ip (or another variant), or leave them out.")
+        if self.lora is not None and not Path(self.lora).is_file():
+            raise PredictionSetupError(f"--lora {self.lora}: file not found. Fix: give a CASE_lora.pth written by "
+                                       "--save_adapted.")
+
+    @property
+    def active(self) -> bool:
+        """Whether the prediction adapts."""
+        return self.method != "none"

@@ -178,6 +178,27 @@ class FileOrderKSpace:
         """Hard data consistency x̂0 − A⁺(A x̂0 − y) (complex, canonical)."""
         return x0_hat - self.pinv(self.A(x0_hat) - y)
 
+    def slab(self, slice_axis: int, indices, y: torch.Tensor) -> tuple["FileOrderKSpace", torch.Tensor]:
+        """(the operator of the canonical slices `indices` along `slice_axis` alone, their part of y).
+
+        The slice axis must be one no FFT runs along, so that A acts on each slice by itself; indices are sorted
+        canonical slice numbers of the full grid. y is the full measurement (..., file axes).
+        """
+        permutation, flips = self.reorientation["permutation"], self.reorientation["flips"]
+        axis = permutation[int(slice_axis)]
+        if axis in self.fft_axes:
+            raise ValueError(f"Canonical axis {slice_axis} is file axis {axis}, an FFT axis of this operator: A does "
+                             "not act on its slices one by one.")
+        count = y.shape[y.dim() - 3 + axis]
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        # a flipped axis reverses the slab: canonical slice i is file slice count - 1 - i
+        chosen = (count - 1 - indices).flip(0) if flips[int(slice_axis)] else indices
+        mask = self.mask
+        if mask.shape[axis] != 1:
+            mask = mask.index_select(axis, chosen.to(mask.device))
+        operator = FileOrderKSpace(self.reorientation, mask, self.fft_axes, normalisation="none")
+        return operator, y.index_select(y.dim() - 3 + axis, chosen.to(y.device))
+
     def cg_data_consistency(self, x0_hat: torch.Tensor, y: torch.Tensor, gamma: float = 5.0,
                             num_steps: int = 5) -> torch.Tensor:
         """DDS step: num_steps CG steps on (γAᴴA + I) x = γAᴴy + x̂0 from x̂0, canonical in and out."""

@@ -10,6 +10,7 @@ Three kinds of task (documentation/planning.md):
   (`epsilon_target`, eps-prediction), scaled by the zero-filled image alone (`degraded:KEY`, center 0), with
   the `dds` settings its prediction samples with (DDIM in DDS's eta convention, the CG data consistency).
 """
+import copy
 import math
 from collections.abc import Mapping
 
@@ -25,6 +26,16 @@ KSPACE_FIELDS = ("type", "mask", "acceleration", *KSPACE_DEFAULTS)
 # gamma / cg_steps of the CG data consistency (D3IP Eq. 27-28); num_inference_steps is the preset's
 DDS_SAMPLING = {"sampler": "ddim", "eta": 0.85, "eta_convention": "dds", "timestep_spacing": "linspace",
                 "start_timestep": 980, "gamma": 5.0, "cg_steps": 5}
+
+# D3IP's test-time adaptation of a recon task's prior (D3IP.md; the paper's Tab. 5, 3D MRI column): one LoRA set of
+# rank 4 (scale 1), K = 6 slices per optimiser step, adapted for 40 <= t <= T - 40, AdamW's weight decay 0.01; steps
+# and learning rate per variant, TV-ADMM's rho / lambda / passes (MRI) for mbir, Reptile's alpha 1.0 -> 0.5 for
+# meta; gamma and CG steps are the dds section's, so DDS and D3IP differ by the adaptation alone
+KSPACE_ADAPTATION = {"lora_rank": 4, "lora_scale": 1.0, "slices": 6, "horizon": 40, "weight_decay": 0.01,
+                     "d3ip": {"steps": 10, "lr": 1e-4},
+                     "d3ip_mbir": {"steps": 5, "lr": 1e-5, "tv_rho": 1e-3, "tv_lambda": 1e-5, "admm_steps": 5},
+                     "d3ip_meta": {"steps": 10, "lr": 1e-5, "meta_alpha": [1.0, 0.5]},
+                     "ddip": {"steps": 10, "lr": 1e-5}}
 
 
 class PlanningError(DiffensError, ValueError):
@@ -168,4 +179,5 @@ def plan_task(name: str, task, channel_names: dict, p: Preset, residuals: Mappin
     }
     if is_kspace(degradation):
         section["dds"] = {**DDS_SAMPLING, "num_inference_steps": p.num_inference_steps}
+        section["adaptation"] = copy.deepcopy(KSPACE_ADAPTATION)
     return section

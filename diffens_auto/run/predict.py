@@ -52,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dc_steps", type=int, default=None,
                         help="recon: CG steps of the data consistency per sampling step (default: the plans' "
                              "dds.cg_steps, 5)")
+    adapt = parser.add_argument_group("test-time adaptation (recon tasks; documentation/adaptation.md)")
+    adapt.add_argument("--adapt", choices=("none", "d3ip", "d3ip_mbir", "d3ip_meta", "ddip"), default="none",
+                       help="adapt the prior to each case during sampling: D3IP (one shared LoRA set on a few "
+                            "slices), its TV-ADMM (mbir) or Reptile (meta) variants, or per-slice DDIP (default none)")
+    adapt.add_argument("--adapt_slices", type=int, default=None, help="K: slices per optimiser step (plans: 6)")
+    adapt.add_argument("--adapt_steps", type=int, default=None, help="L: optimiser steps per adapted timestep")
+    adapt.add_argument("--adapt_lr", type=float, default=None, help="AdamW's learning rate of the LoRA set")
+    adapt.add_argument("--lora_rank", type=int, default=None, help="rank of the LoRA set (plans: 4)")
+    adapt.add_argument("--adapt_horizon", type=int, default=None,
+                       help="zeta: adapt at timesteps zeta <= t <= T - zeta (plans: 40)")
+    adapt.add_argument("--tv_rho", type=float, default=None, help="d3ip_mbir: ADMM's rho (plans: 1e-3)")
+    adapt.add_argument("--tv_lambda", type=float, default=None, help="d3ip_mbir: TV weight (plans: 1e-5)")
+    adapt.add_argument("--admm_steps", type=int, default=None, help="d3ip_mbir: ADMM passes (plans: 5)")
+    adapt.add_argument("--meta_alpha", type=float, nargs=2, metavar=("START", "END"), default=None,
+                       help="d3ip_meta: Reptile's alpha at the first and the last adapted step (plans: 1.0 0.5)")
+    adapt.add_argument("--save_adapted", action="store_true",
+                       help="write each case's LoRA weights beside its output as CASE_lora.pth")
+    adapt.add_argument("--lora", default=None, help="start the adaptation from these LoRA weights (a CASE_lora.pth)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
@@ -63,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --adapt_* flag -> AdaptationSettings field
+_ADAPT_FLAGS = {"adapt_slices": "slices", "adapt_steps": "steps", "adapt_lr": "lr", "lora_rank": "lora_rank",
+                "adapt_horizon": "horizon", "tv_rho": "tv_rho", "tv_lambda": "tv_lambda", "admm_steps": "admm_steps",
+                "meta_alpha": "meta_alpha"}
+
+
+def _adaptation(args):
+    """The --adapt flags as the predictor takes them."""
+    from pathlib import Path
+
+    from diffens_auto.inference.sampling_settings import AdaptationRequest
+    overrides = {field: getattr(args, flag) for flag, field in _ADAPT_FLAGS.items() if getattr(args, flag) is not None}
+    return AdaptationRequest(args.adapt, overrides, save_adapted=args.save_adapted,
+                             lora=Path(args.lora) if args.lora else None)
+
+
 def _with_model(args) -> dict:
     """Predict with a trained model (every task)."""
     from diffens_auto.inference.predictor import DiffensPredictor
@@ -71,7 +105,8 @@ def _with_model(args) -> dict:
                                  consistency=False if args.no_consistency else None, input_grid=args.input_grid,
                                  device=args.device, slice_batch_size=args.slice_batch_size,
                                  progress=not args.quiet, previews=args.previews, dc_gamma=args.dc_gamma,
-                                 dc_steps=args.dc_steps, start_timestep=args.start_timestep)
+                                 dc_steps=args.dc_steps, start_timestep=args.start_timestep,
+                                 adaptation=_adaptation(args))
     predictor.initialize_from_trained_model(args.dataset, args.task, args.configuration, args.fold, args.plans,
                                             checkpoint=args.checkpoint, experts=args.experts)
     return predictor.predict_from_files(args.input_folder, args.output_folder, args.continue_prediction,
@@ -80,7 +115,8 @@ def _with_model(args) -> dict:
 
 # flags that choose a model or how it samples: the zero-filled baseline has neither
 _MODEL_FLAGS = {"steps": None, "sampler": None, "eta": None, "start_timestep": None, "dc_gamma": None,
-                "dc_steps": None, "num_samples": 1, "experts": None}
+                "dc_steps": None, "num_samples": 1, "experts": None, "adapt": "none", "save_adapted": False,
+                "lora": None, **{flag: None for flag in _ADAPT_FLAGS}}
 
 
 def _zero_filled(args) -> dict:
