@@ -41,9 +41,9 @@ def separable_runners(runners: Sequence, slice_axis: int) -> list:
 class AdaptingDenoiser:
     """An eps denoiser whose separable experts adapt one shared LoRA set per step (module docstring)."""
 
-    def __init__(self, denoiser, runners: Sequence, problem, settings: AdaptationSettings, schedule: NoiseSchedule,
-                 timesteps: Sequence[int], *, prediction: str = "epsilon", frame: torch.Tensor | None = None,
-                 initial: dict | None = None):
+    def __init__(self, denoiser, runners: Sequence, problem, settings: AdaptationSettings, *,
+                 schedule: NoiseSchedule, timesteps: Sequence[int], prediction: str = "epsilon",
+                 frame: torch.Tensor | None = None, initial: dict | None = None):
         """`runners` adapt (each with its `.expert`); `timesteps` are the sampler's; `initial` {runner name:
         LoRA state_dict} starts from saved weights; `frame` is the experts' frame of the case."""
         if not runners:
@@ -110,14 +110,14 @@ class AdaptingDenoiser:
                 eps = self.schedule.eps_from_v(y_slab, output, t) if self.prediction == "v" else output
                 x0 = self.schedule.tweedie_x0(y_slab, eps.float(), t)
                 loss = self.problem.loss(x0, indices, gamma=settings.dc_gamma, cg_steps=settings.dc_steps, tv=tv)
-                if not bool(torch.isfinite(loss)):
+                if not bool(torch.isfinite(loss.detach())):
                     raise AdaptationDivergedError(
                         f"D3IP adaptation of expert {runner.name} diverged at t = {t}, optimiser step {step + 1}: "
-                        f"loss {float(loss)}. Fix: a smaller --adapt_lr (now {settings.lr:g}) or fewer --adapt_steps.")
+                        f"loss {float(loss.detach())}. Fix: a smaller --adapt_lr (now {settings.lr:g}) or fewer --adapt_steps.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
-            self.losses.append(float(loss))
+            self.losses.append(float(loss.detach()))
         if before is not None:
             state.reptile(before, settings.meta_alpha_at(self.positions[t], len(self.positions)))
         if not state.all_finite():

@@ -27,7 +27,11 @@ class LoRAState:
         self.parameters = lora_parameters(expert)
         self._init_down(generator)
         if initial is not None:
-            self.load_state_dict(initial)
+            try:
+                self.load_state_dict(initial)
+            except ValueError:
+                self.remove()       # the expert must not keep a half-made set
+                raise
 
     def _init_down(self, generator: torch.Generator) -> None:
         """Kaiming-uniform `down` factors (as nn.Linear/Conv initialise) from the seeded generator; `up` stays 0."""

@@ -165,8 +165,8 @@ class AdaptedReconstruction(DDSReconstruction):
         operator = FileOrderKSpace(case.operator.reorientation, case.operator.mask.to(device),
                                    case.operator.fft_axes)
         problem = KSpaceSlices(operator, case.measurement.to(device), pads, case.slice_axis)
-        adapter = AdaptingDenoiser(denoiser, adapted, problem, self.adaptation, predictor.sampler.schedule,
-                                   predictor.sampler.timesteps.tolist(),
+        adapter = AdaptingDenoiser(denoiser, adapted, problem, self.adaptation, schedule=predictor.sampler.schedule,
+                                   timesteps=predictor.sampler.timesteps.tolist(),
                                    prediction=self.predictor.model.task_plans.get("prediction", "epsilon"),
                                    frame=predictor.case_frame(padded, pads), initial=self._initial(adapted))
         consistency = _TVConsistency(problem, self.adaptation) if self.adaptation.method == "d3ip_mbir" else None
@@ -203,8 +203,9 @@ class AdaptedReconstruction(DDSReconstruction):
             device_operator = FileOrderKSpace(operator.reorientation, operator.mask.to(device), operator.fft_axes,
                                               normalisation="none")
             problem = KSpaceSlices(device_operator, y.to(device), sub_pads, axis)
-            adapter = AdaptingDenoiser(denoiser, [runner], problem, self.adaptation, schedule,
-                                       predictor.sampler.timesteps.tolist(), prediction=prediction, frame=sub_frame,
+            adapter = AdaptingDenoiser(denoiser, [runner], problem, self.adaptation, schedule=schedule,
+                                       timesteps=predictor.sampler.timesteps.tolist(), prediction=prediction,
+                                       frame=sub_frame,
                                        initial=self._initial(adapted))
             adapter.begin(adaptation_seed(seed, s + 1))
             try:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from recon_datasets import ellipsoid_recon_dataset
 
@@ -108,3 +109,23 @@ def test_every_strategy_reconstructs_a_bundle(run_folders, configuration, tmp_pa
     assert (summary["done"], summary["failed"]) == (1, 0), summary
     output, _ = read_image(tmp_path / "DemoEllipses_003.nii.gz")
     assert np.isfinite(output).all() and output.max() > 0
+
+
+def test_adapting_through_the_command_saves_the_lora_and_refuses_flags_of_another_variant(run_folders, monkeypatch,
+                                                                                         capsys):
+    root = run_folders
+    out = root / "adapted"
+    assert _command(predict_entry, monkeypatch, "-i", root / "bundles", "-o", out, "-d", 903, "-t", TASK,
+                    "-c", "3d_ensembler", "--steps", 3, "--adapt", "d3ip", "--adapt_steps", 1, "--adapt_slices", 2,
+                    "--save_adapted", "--quiet") == 0
+    summary = json.loads((out / "prediction_summary.json").read_text())
+    assert summary["done"] == 1 and "2d_sagittal ran unadapted" in summary["cases"][0]["message"]
+    saved = torch.load(out / "DemoEllipses_003_lora.pth", weights_only=True)
+    assert set(saved) >= {"format", "2d_axial"} and "2d_sagittal" not in saved
+    settings = json.loads((out / "prediction_settings.json").read_text())
+    assert settings["adaptation"]["method"] == "d3ip" and settings["adaptation"]["slices"] == 2
+    capsys.readouterr()
+    assert _command(predict_entry, monkeypatch, "-i", root / "bundles", "-o", root / "refused", "-d", 903, "-t",
+                    TASK, "-c", "2d_axial", "--adapt", "d3ip", "--tv_rho", 0.1, "--quiet") == 1
+    error = capsys.readouterr().err
+    assert "--tv_rho: not used by --adapt d3ip" in error and "Traceback" not in error

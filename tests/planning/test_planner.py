@@ -12,6 +12,7 @@ from diffens_auto.planning import (PlanningError, UnknownPresetError, estimate_i
                                    validate_plans)
 from diffens_auto.networks import build_expert
 from diffens_auto.planning.plans_schema import PlansError
+from diffens_auto.planning.task_sections import KSPACE_ADAPTATION
 
 BRATS_CHANNELS = {0: "T1", 1: "T1ce", 2: "T2", 3: "FLAIR"}
 BRATS_TASKS = {
@@ -301,7 +302,7 @@ RECON_DDS = {"sampler": "ddim", "eta": 0.85, "eta_convention": "dds", "timestep_
 
 
 def _recon_section(steps: int) -> dict:
-    return {**RECON_SECTION, "dds": {**RECON_DDS, "num_inference_steps": steps}}
+    return {**RECON_SECTION, "dds": {**RECON_DDS, "num_inference_steps": steps}, "adaptation": KSPACE_ADAPTATION}
 
 
 def test_a_recon_task_plans_an_unconditional_prior_of_its_scaled_target():
