@@ -110,7 +110,8 @@ class AdaptedReconstruction(DDSReconstruction):
             with atomic_path(outputs["lora"]) as tmp:
                 torch.save(self.last_weights, tmp)
 
-    def _adapted_runners(self, case: ReconCase) -> list:
+    def adapted_runners(self, case: ReconCase) -> list:
+        """The model's runners that adapt on this case (those slicing along its separable axis); refuses none."""
         runners = list(self.predictor.model.runners.values())
         adapted = separable_runners(runners, case.slice_axis)
         if not adapted:
@@ -129,7 +130,7 @@ class AdaptedReconstruction(DDSReconstruction):
 
     def reconstruct(self, case: ReconCase) -> list[np.ndarray]:
         """num_samples adapted samples of the case (sample i from seed + i, its slice draws from their own seed)."""
-        adapted = self._adapted_runners(case)
+        adapted = self.adapted_runners(case)
         unadapted = [r.name for r in self.predictor.model.runners.values() if r not in adapted]
         if unadapted:
             case.notes.append(f"adapted {', '.join(r.name for r in adapted)}; {', '.join(unadapted)} ran unadapted "
@@ -137,7 +138,7 @@ class AdaptedReconstruction(DDSReconstruction):
         outputs, weights = [], None
         for i in range(self.num_samples):
             seed = self.predictor.sampling.seed + i
-            run = self._ddip if self.adaptation.method == "ddip" else self._volume
+            run = self.ddip_slices if self.adaptation.method == "ddip" else self._volume
             image, sample_weights = run(case, adapted, seed)
             outputs.append(image)
             weights = weights or sample_weights
@@ -178,8 +179,9 @@ class AdaptedReconstruction(DDSReconstruction):
             weights = adapter.end()
         return image, weights
 
-    def _ddip(self, case: ReconCase, adapted, seed: int, slices=None) -> tuple[np.ndarray, dict]:
-        """DDIP: every slice (or those of `slices`) sampled alone with a fresh LoRA set; the last one's weights."""
+    def ddip_slices(self, case: ReconCase, adapted, seed: int, slices=None) -> tuple[np.ndarray, dict]:
+        """DDIP: every slice (or those of `slices`, the others left 0) sampled alone with a fresh LoRA set; the
+        image and the last slice's LoRA weights."""
         predictor, device = self.predictor, self.predictor.device
         runner, axis = adapted[0], case.slice_axis
         multiples = list(self.plans["crop_multiples"])

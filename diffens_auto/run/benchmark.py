@@ -1,8 +1,9 @@
 """diffens_benchmark: figures of the pipeline (`core`: one denoising step per strategy; `training`: training
 iterations per second with the real loader against pre-loaded tensors; `quality`: the SR methods' learning curves
-on held-out phantoms, for sr, mt or both)."""
+on held-out phantoms, for sr, mt or both; `d3ip`: test-time adaptation of an ellipsoid prior against DDS)."""
 import argparse
 import json
+from pathlib import Path
 
 from diffens_auto.atomic import atomic_write_json
 from diffens_auto.run.errors import run_command
@@ -11,11 +12,11 @@ from diffens_auto.run.errors import run_command
 def benchmark_entry() -> None:
     """diffens_benchmark core [--volume N] [--repeats R] [-o results.json]; training [--iterations N]; quality."""
     parser = argparse.ArgumentParser(description="Benchmarks of diffens_auto; figures are printed (and saved with -o).")
-    parser.add_argument("what", choices=["core", "training", "quality"],
+    parser.add_argument("what", choices=["core", "training", "quality", "d3ip"],
                         help="core: one denoising step per ensembling strategy; training: iterations per second with "
                              "the real loader and augmentation vs pre-loaded tensors (expert and ensembler); "
                              "quality: PSNR/SSIM of every method of a task on held-out phantoms against training "
-                             "minutes")
+                             "minutes; d3ip: D3IP's variants against DDS with a prior trained on ellipsoids")
     parser.add_argument("--volume", type=int, default=64, help="edge of the cubic test volume (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure, median reported (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -33,6 +34,10 @@ def benchmark_entry() -> None:
     parser.add_argument("--test_cases", type=int, default=None, help="quality: held-out phantoms (default 8)")
     parser.add_argument("--smoke", action="store_true", help="quality: tiny phantoms and 3 steps (CI)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="quality: default cpu")
+    parser.add_argument("--models", default=None,
+                        help="d3ip: the folder of a finished `diffens_demo --recon -o FOLDER` run (its priors and "
+                             "bundles; default: run it in the work folder first)")
+    parser.add_argument("--quick", action="store_true", help="d3ip: the smoke-sized run (CI)")
     parser.add_argument("-o", default=None, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     import torch
@@ -42,6 +47,9 @@ def benchmark_entry() -> None:
         return
     if args.what == "quality":
         run_command(lambda: _quality(args))
+        return
+    if args.what == "d3ip":
+        run_command(lambda: _d3ip(args))
         return
 
     from diffens_auto.benchmarking.core import benchmark_core, format_core_report
@@ -85,6 +93,22 @@ def _quality(args) -> None:
                                 num_test_cases=args.test_cases, task=args.task)
     print(format_quality_table(results))
     print(f"Table, plot and figures: {work}/quality_table.md, quality_curve.png, quality.json")
+    if args.o:
+        atomic_write_json(results, args.o)
+        print(f"Figures written to {args.o}")
+
+
+def _d3ip(args) -> None:
+    """diffens_benchmark d3ip: D3IP against DDS on out-of-distribution and in-distribution bundles."""
+    import torch
+
+    from diffens_auto.benchmarking.d3ip import benchmark_d3ip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or "diffens_benchmark_d3ip"
+    results = benchmark_d3ip(work, args.models, quick=args.quick, device=args.device)
+    print(Path(work, "d3ip_table.md").read_text(encoding="utf-8"))
+    print(f"Table and figures: {work}/d3ip_table.md, d3ip.json ({results['total_seconds']:.0f} s)")
     if args.o:
         atomic_write_json(results, args.o)
         print(f"Figures written to {args.o}")

@@ -1,0 +1,279 @@
+"""`diffens_benchmark d3ip`: test-time adaptation of a prior trained on ellipsoid phantoms (the paper's setting).
+
+The priors are the recon demo's (`diffens_demo --recon`): the 2D axial expert of dataset 901 (ellipsoids) and of
+dataset 900 (brain phantoms), trained on 8 phantoms of 48^3 each; `--models FOLDER` takes a finished demo folder
+(read only), otherwise the demo runs first in the work folder (training time is not counted in the table). The test
+bundles (8x Poisson-disc undersampling per axial slice, acs 6) are the demo's held-out brain phantoms and nibabel's
+real T1 crop (out of distribution for the ellipsoid prior), and held-out ellipsoid phantoms degraded with dataset
+901's recon task (in distribution: the control).
+
+Rows (`METHODS`): zero-filled, DDS and D3IP (3 seeds), D3IP-mbir, D3IP-meta and DDIP (one seed; DDIP on a few slices
+per case, its time extrapolated to the volume), DDS with the brain prior (the in-distribution ceiling) and D3IP with
+an untrained prior of the same architecture (what a deep-image-prior effect alone gives). DDS and every D3IP variant
+share sampler, steps, gamma, CG steps, start and sampler seeds (the plans' dds section): they differ only by the
+adaptation. Each reconstruction runs through the prediction code (`prepare_recon_case`, the DDS / adapted
+reconstruction of a predictor loaded from the results folder), in-process, without writing files.
+Peak memory: the project's tensor tracker over a 3-step probe of one phantom per method (every live tensor).
+Before it starts the benchmark measures a sampling step of DDS and of D3IP and prints the projected total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffens_auto import paths
+from diffens_auto.atomic import atomic_write_json, atomic_write_text
+from diffens_auto.benchmarking.d3ip_report import ddip_time_per_slice, format_d3ip_table, memory_proof, summarise
+from diffens_auto.benchmarking.memory_tracker import PeakMemoryTracker
+from diffens_auto.demo import recon as demo
+from diffens_auto.demo.dataset import make_demo_dataset
+from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.strategies import SingleExpert
+from diffens_auto.errors import DiffensError
+from diffens_auto.evaluation import psnr, ssim3d
+from diffens_auto.imageio import read_image, read_kspace_bundle
+from diffens_auto.inference.adapted_recon import AdaptedReconstruction
+from diffens_auto.inference.degrade_inputs import degrade_folder
+from diffens_auto.inference.model import load_task_plans
+from diffens_auto.inference.predictor import DiffensPredictor
+from diffens_auto.inference.recon_prediction import DDSReconstruction, prepare_recon_case
+from diffens_auto.inference.sampling_settings import AdaptationRequest
+from diffens_auto.networks import build_expert
+
+PHANTOMS, REAL, CONTROLS = "phantoms", "real", "ellipses"
+GROUP_NAMES = {PHANTOMS: "brain phantoms (out of distribution)", REAL: "nibabel's real T1 (out of distribution)",
+               CONTROLS: "ellipsoid phantoms (in distribution, the control)"}
+UNTRAINED = "untrained"
+CONTROL_SEED_OFFSET = 2000
+
+
+class D3IPBenchmarkError(DiffensError, ValueError):
+    """A models folder or setting the benchmark cannot use, with the fix."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row: zero-filled (adapt None), or DDS / a D3IP variant with the prior of a dataset id (or untrained)."""
+
+    name: str
+    adapt: str | None
+    prior: int | str | None
+    all_seeds: bool = False
+
+
+METHODS = (Method("Zero-filled", None, None),
+           Method("DDS, ellipsoid prior", "none", demo.ELLIPSES_ID, True),
+           Method("D3IP, ellipsoid prior", "d3ip", demo.ELLIPSES_ID, True),
+           Method("D3IP-mbir, ellipsoid prior", "d3ip_mbir", demo.ELLIPSES_ID),
+           Method("D3IP-meta, ellipsoid prior", "d3ip_meta", demo.ELLIPSES_ID),
+           Method("DDIP, ellipsoid prior (a few slices)", "ddip", demo.ELLIPSES_ID),
+           Method("DDS, brain prior (in-distribution ceiling)", "none", demo.BRAIN_ID, True),
+           Method("D3IP, untrained prior", "d3ip", UNTRAINED))
+
+
+@dataclass(frozen=True)
+class D3IPSettings:
+    """Sizes of one run."""
+
+    num_phantoms: int = 2            # of the demo's held-out brain phantoms
+    num_controls: int = 1            # held-out ellipsoid phantoms
+    seeds: tuple = (0, 1, 2)
+    steps: int = 50
+    ddip_slices: int = 2             # per case, spread over the volume
+    adapt_overrides: dict = field(default_factory=dict)
+    demo_setting: str = "full"
+
+
+FULL = D3IPSettings()
+QUICK = D3IPSettings(num_phantoms=1, num_controls=1, seeds=(0,), steps=3, ddip_slices=1,
+                     adapt_overrides={"steps": 1, "slices": 2}, demo_setting="smoke")
+
+
+def _models_folder(work: Path, models: Path | None, settings: D3IPSettings, device) -> Path:
+    """The recon demo folder with the trained priors: `models` as given, or the demo run (resumed) in `work`."""
+    if models is None:
+        demo.run_recon_demo(work / "recon_demo", setting=settings.demo_setting, device=device, verbose=True)
+        models = work / "recon_demo"
+    for required in ("results", "test_bundles/phantoms", "test_bundles/real"):
+        if not (models / required).exists():
+            raise D3IPBenchmarkError(f"--models {models}: no {required} there. Fix: give the folder of a finished "
+                                     "`diffens_demo --recon -o FOLDER` run, or leave --models out to run it.")
+    paths.use_folders(models)
+    return models
+
+
+def _control_bundles(work: Path, settings: D3IPSettings, seed: int = 0) -> Path:
+    """Held-out ellipsoid phantoms (a seed training never saw), degraded with dataset 901's recon task."""
+    out = work / "bundles" / CONTROLS
+    if out.is_dir() and len(list(out.glob("*.npz"))) >= settings.num_controls:
+        return out
+    shape, spacing = demo.SETTINGS[settings.demo_setting].shape, demo.SETTINGS[settings.demo_setting].spacing
+    cases = make_demo_dataset(work / "control_cases", demo.ELLIPSES_ID, num_cases=settings.num_controls,
+                              shape=tuple(shape), spacing=tuple(spacing), seed=CONTROL_SEED_OFFSET + seed, noise=0.0,
+                              kind="ellipses")
+    summary = degrade_folder(cases / "imagesTr", out, demo.ELLIPSES_ID, demo.TASK, verbose=False, seed=seed)
+    if summary["num_failed"]:
+        raise RuntimeError(f"diffens_benchmark d3ip: diffens_degrade failed: {summary['cases']}")
+    return out
+
+
+def test_bundles(models: Path, work: Path, settings: D3IPSettings) -> dict:
+    """{group: [bundle paths]} of the run."""
+    phantoms = sorted((models / "test_bundles" / PHANTOMS).glob("*.npz"))[:settings.num_phantoms]
+    real = sorted((models / "test_bundles" / REAL).glob("*.npz"))
+    controls = sorted(_control_bundles(work, settings).glob("*.npz"))[:settings.num_controls]
+    return {PHANTOMS: phantoms, REAL: real, CONTROLS: controls}
+
+
+def _untrained(predictor: DiffensPredictor) -> None:
+    """Replace the loaded prior by an untrained network of the same plans (seed 0)."""
+    model = predictor.model
+    name, runner = next(iter(model.runners.items()))
+    torch.manual_seed(0)
+    network = model.plans["configurations"][name]["network"]
+    network = {**network, "in_channels": model.plans["configurations"][name]["in_channels_per_task"][model.task]}
+    fresh = ExpertRunner.from_network(build_expert(network).eval().to(predictor.device), network, runner.slice_axis,
+                                      runner.slice_batch_size, name=name)
+    predictor.model = dataclasses.replace(model, runners={name: fresh}, strategy=SingleExpert(fresh))
+
+
+def reconstruction_for(method: Method, seed: int, settings: D3IPSettings, device, steps: int | None = None):
+    """The reconstruction object of a row (DDS or adapted), from the trained model of its prior."""
+    overrides = {} if method.adapt == "none" else dict(settings.adapt_overrides)
+    if method.adapt == "ddip":
+        overrides.pop("slices", None)
+    request = AdaptationRequest(method.adapt, overrides)
+    predictor = DiffensPredictor(steps=steps or settings.steps, seed=seed, device=device, progress=False,
+                                 adaptation=request)
+    prior = demo.ELLIPSES_ID if method.prior == UNTRAINED else method.prior
+    predictor.initialize_from_trained_model(prior, demo.TASK, "2d_axial", fold="all")
+    if method.prior == UNTRAINED:
+        _untrained(predictor)
+    return AdaptedReconstruction(predictor, request) if request.active else DDSReconstruction(predictor)
+
+
+def ddip_slice_indices(num_slices: int, count: int) -> list[int]:
+    """`count` slices spread evenly inside the volume (the outermost avoided)."""
+    return sorted({int(round(v)) for v in np.linspace(0, num_slices - 1, count + 2)[1:-1]})
+
+
+def _reconstruct(method: Method, reconstruction, case, seed: int, ddip: list[int]) -> np.ndarray:
+    if method.adapt is None:
+        return demo_zero_filled(case)
+    if method.adapt == "ddip":
+        adapted = reconstruction.adapted_runners(case)
+        return reconstruction.ddip_slices(case, adapted, seed, slices=ddip)[0]
+    return reconstruction.reconstruct(case)[0]
+
+
+def demo_zero_filled(case) -> np.ndarray:
+    """|A⁺y| in the measurement's intensities."""
+    from diffens_auto.inference.recon_prediction import zero_filled_magnitude
+    return zero_filled_magnitude(case)
+
+
+def run_case(method: Method, bundle: Path, seed: int, settings: D3IPSettings, device) -> dict:
+    """PSNR / SSIM (whole volume) and PSNR on the DDIP slices of one method, seed and bundle, with its seconds."""
+    reconstruction = None if method.adapt is None else reconstruction_for(method, seed, settings, device)
+    plans = reconstruction.plans if reconstruction is not None else load_task_plans(demo.BRAIN_ID, demo.TASK)[1]
+    case = prepare_recon_case(read_kspace_bundle(bundle), plans, demo.TASK, bundle.stem)
+    reference, _ = read_image(bundle.parent / f"{bundle.stem}_reference.nii.gz")
+    axis = case.slice_axis
+    ddip = ddip_slice_indices(case.shape[axis], settings.ddip_slices)
+    started = time.perf_counter()
+    image = _reconstruct(method, reconstruction, case, seed, ddip)
+    seconds = time.perf_counter() - started
+    on_slices = np.zeros(reference.shape, dtype=bool)
+    on_slices[(slice(None),) * axis + (ddip,)] = True
+    data_range = float(reference.max() - reference.min())
+    row = {"case": bundle.stem, "seed": seed, "seconds": seconds,
+           "psnr_ddip_slices": psnr(reference, image, data_range, on_slices)}
+    if method.adapt == "ddip":      # a few slices: time per volume extrapolated, whole-volume metrics undefined
+        row.update(psnr=None, ssim=None, seconds=seconds * case.shape[axis] / len(ddip), extrapolated=True)
+    else:
+        row.update(psnr=psnr(reference, image, data_range), ssim=ssim3d(reference, image, data_range))
+    return row
+
+
+def probe_peak(method: Method, bundle: Path, settings: D3IPSettings, device) -> int | None:
+    """Peak live tensor bytes of a 3-step reconstruction of one bundle (the zero-filled baseline: None)."""
+    if method.adapt is None:
+        return None
+    reconstruction = reconstruction_for(method, 0, settings, device, steps=3)
+    case = prepare_recon_case(read_kspace_bundle(bundle), reconstruction.plans, demo.TASK, bundle.stem)
+    ddip = ddip_slice_indices(case.shape[case.slice_axis], 1)
+    tracker = PeakMemoryTracker()
+    tracker.track([p for r in reconstruction.predictor.model.runners.values() for p in r.expert.parameters()])
+    with tracker:
+        _reconstruct(method, reconstruction, case, 0, ddip)
+    return tracker.peak_bytes
+
+
+def step_seconds(bundle: Path, settings: D3IPSettings, device) -> dict:
+    """Seconds of one sampling step of DDS and of D3IP (two-step runs, the first step of each in the horizon)."""
+    measured = {}
+    for method in (METHODS[1], METHODS[2]):
+        reconstruction = reconstruction_for(method, 0, settings, device, steps=2)
+        case = prepare_recon_case(read_kspace_bundle(bundle), reconstruction.plans, demo.TASK, bundle.stem)
+        started = time.perf_counter()
+        reconstruction.reconstruct(case)
+        measured[method.adapt] = (time.perf_counter() - started) / 2
+    return measured
+
+
+def projected_seconds(groups: dict, settings: D3IPSettings, steps: dict) -> float:
+    """A rough total: every row's volumes x steps x the measured step time (mbir, meta as D3IP; DDIP its slices)."""
+    volumes = sum(len(b) for b in groups.values())
+    total = 0.0
+    for method in METHODS:
+        if method.adapt is None:
+            continue
+        seeds = len(settings.seeds) if method.all_seeds else 1
+        per_step = steps["none"] if method.adapt == "none" else steps["d3ip"]
+        share = settings.ddip_slices / 48 if method.adapt == "ddip" else 1.0
+        total += seeds * volumes * settings.steps * per_step * share
+    return total
+
+
+def benchmark_d3ip(work_folder, models=None, *, quick: bool = False, device="cpu") -> dict:
+    """Run the benchmark in `work_folder` (module docstring); returns its results (also d3ip.json, d3ip_table.md)."""
+    settings = QUICK if quick else FULL
+    work = Path(work_folder).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    models = _models_folder(work, None if models is None else Path(models).resolve(), settings, device)
+    groups = test_bundles(models, work, settings)
+    steps = step_seconds(groups[PHANTOMS][0], settings, device)
+    projected = projected_seconds(groups, settings, steps)
+    print(f"[d3ip] a sampling step: DDS {steps['none']:.2f} s, D3IP {steps['d3ip']:.2f} s; projected total "
+          f"{projected / 60:.1f} min for {sum(len(b) for b in groups.values())} volumes", flush=True)
+    started = time.perf_counter()
+    rows = []
+    for method in METHODS:
+        seeds = settings.seeds if method.all_seeds else settings.seeds[:1]
+        for group, bundles in groups.items():
+            for bundle in bundles:
+                for seed in seeds:
+                    row = run_case(method, bundle, seed, settings, device)
+                    rows.append({"method": method.name, "group": group, **row})
+        print(f"[d3ip] {method.name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    peaks = {method.name: probe_peak(method, groups[PHANTOMS][0], settings, device) for method in METHODS}
+    ddip, first = reconstruction_for(METHODS[5], 0, settings, device), groups[PHANTOMS][0]
+    case = prepare_recon_case(read_kspace_bundle(first), ddip.plans, demo.TASK, first.stem)
+    adapted = ddip.adapted_runners(case)
+    ddip_seconds = ddip_time_per_slice(ddip, case, adapted)
+    proof = memory_proof(adapted[0], tuple(n for a, n in enumerate(case.shape) if a != case.slice_axis))
+    results = {"settings": {**dataclasses.asdict(settings), "device": str(device), "models": str(models)},
+               "groups": {group: [b.stem for b in bundles] for group, bundles in groups.items()},
+               "rows": rows, "summary": summarise(rows, METHODS, GROUP_NAMES), "peak_bytes": peaks,
+               "step_seconds": steps, "projected_seconds": projected, "memory_proof": proof,
+               "ddip_seconds": ddip_seconds,
+               "total_seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_json(json.loads(json.dumps(results, default=float)), work / "d3ip.json")
+    atomic_write_text(format_d3ip_table(results, GROUP_NAMES), work / "d3ip_table.md")
+    return results
