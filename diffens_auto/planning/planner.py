@@ -79,16 +79,19 @@ def network_for_task(plans: dict, configuration: str, task: str) -> dict:
     config = plans["configurations"][configuration]
     network = dict(config["network"])
     network["in_channels"] = config["in_channels_per_task"][task]
-    if network.get("mask_channels"):
+    if "mask_channels_per_task" in config:
+        network["mask_channels"] = int(config["mask_channels_per_task"][task])
+    elif network.get("mask_channels"):       # a plans edit: the mask for every task with a condition
         network["mask_channels"] = task_mask_channels(network["mask_channels"],
                                                       len(plans["tasks"][task]["condition_channels"]))
     return network
 
 
-def task_mask_channels(mask_channels: int, num_conditions: int) -> int:
-    """An expert's mask channels for a task: none for an unconditional prior (a k-space task), which has no
-    condition to take a non-zero mask of."""
-    return int(mask_channels) if num_conditions else 0
+def task_mask_channels(mask_channels: int, num_conditions: int, pooled: bool = False) -> int:
+    """An expert's mask channels for a task: none for an unconditional prior (a k-space task, no condition to take
+    a mask of), and none where the condition holds a pooled target (SR, both): its blocks already say where the
+    input is 0, and the mask cost the SR demo 0.13-0.17 dB (documentation/benchmarks.md)."""
+    return int(mask_channels) if num_conditions and not pooled else 0
 
 
 # ---------------------------------------------------------------- normalization, diffusion
@@ -131,6 +134,7 @@ class _Fitter:
     def __init__(self, p: Preset, budget_gb: float, *, crop, levels: int, multiples, tasks: dict):
         self.p, self.budget, self.crop, self.levels, self.multiples = p, budget_gb, list(crop), levels, multiples
         self.conditions = {name: len(task["condition_channels"]) for name, task in tasks.items()}
+        self.pooled = {name: (task.get("degradation") or {}).get("type") == "avgpool" for name, task in tasks.items()}
         # a reconstruction task's sampling also holds its measurement and the DDS data-consistency state
         self.kspace = any(is_kspace(task["degradation"]) for task in tasks.values())
 
@@ -171,16 +175,19 @@ class _Fitter:
         """Largest channel scale, then largest batch (>= the preset minimum) whose estimates fit."""
         p = self.p
         plane = [s for i, s in enumerate(self.crop) if i != axis]
-        in_per_task = {t: expert_in_channels(n, p.context_slices, p.position_channels,
-                                             task_mask_channels(p.mask_channels, n))
+        masks = {t: task_mask_channels(p.mask_channels, n, self.pooled[t]) for t, n in self.conditions.items()}
+        in_per_task = {t: expert_in_channels(n, p.context_slices, p.position_channels, masks[t])
                        for t, n in self.conditions.items()}
+        widest = max(in_per_task, key=in_per_task.get)
         smallest = math.inf
         for scale in p.channel_scales:
-            network = expert_network(p, plane, self.levels, max(in_per_task.values()), scale)
+            # the network dict is the widest task's (what the memory model sizes); network_for_task gives each task's
+            network = {**expert_network(p, plane, self.levels, in_per_task[widest], scale),
+                       "mask_channels": masks[widest]}
             for batch in range(p.expert_batch_size, p.min_batch_size - 1, -1):
                 configuration = {"kind": "expert", "plane": PLANE_NAMES[axis], "slice_axis": axis,
                                  "patch_size": plane, "batch_size": batch, "network": network,
-                                 "in_channels_per_task": in_per_task}
+                                 "in_channels_per_task": in_per_task, "mask_channels_per_task": masks}
                 worst = self._worst(configuration)
                 smallest = min(smallest, worst)
                 if worst <= self.budget:

@@ -37,7 +37,7 @@ class Preset:
     ensembler_max_attention_tokens: int  # 0: no attention in the 3D ensembler (paper Tab. 10)
     context_slices: int              # 2.5D (MADM): neighbouring slices on each side per condition channel
     position_channels: int           # global position channels fed to the experts (public code: 3)
-    mask_channels: int               # the condition's non-zero mask fed to the experts (public code: 1)
+    mask_channels: int               # the condition's non-zero mask fed to the experts (public code: 1; MT only)
     expert_batch_size: int           # paper 4
     min_batch_size: int
     ensembler_batch_size: int        # paper 1
@@ -77,7 +77,10 @@ DEFAULT = Preset(
     # diffusion row by 0.1-0.4 dB (documentation/benchmarks.md)
     context_slices=2,
     position_channels=3,
-    mask_channels=0,
+    # the released experts' non-zero mask: planned for tasks whose condition has no pooled target (MT), where it
+    # lifted every method at the last point of an 8-minute learning curve; SR gains nothing from it (its pooled
+    # blocks already say where the input is 0) and lost 0.13-0.17 dB on the demo (documentation/benchmarks.md)
+    mask_channels=1,
     expert_batch_size=4,
     min_batch_size=1,
     ensembler_batch_size=1,

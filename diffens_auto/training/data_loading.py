@@ -92,8 +92,12 @@ class _VolumeSampler(SlimDataLoaderBase):
         self._transforms = intensity_transforms(self.settings)
         # the condition is [inputs..., up(A target)]: only the inputs are intensity-augmented
         self.num_augmented = len(self.task_plans["inputs"])
+        # any expert planned with a mask for any task (a fusion ensembler's experts are of other tasks): the frame's
+        # mask channel is ignored by the experts that do not take it
         self.uses_mask = bool(self.task_plans["condition_channels"]) and any(
-            plans["configurations"][name]["network"].get("mask_channels", 0) for name in self.expert_names())
+            plans["configurations"][name]["network"].get("mask_channels", 0)
+            or any(plans["configurations"][name].get("mask_channels_per_task", {}).values())
+            for name in self.expert_names())
         self._rng = None
 
     def expert_names(self) -> list[str]:

@@ -16,13 +16,15 @@ MODELS = (("sr", "2d_axial"), ("sr", "2d_sagittal"), ("sr", "3d_ensembler"), ("m
 
 
 def _plan_mask_channels(plans_file):
-    """Edit the plans as a user would: a mask channel for every expert of every conditioned task."""
+    """Edit the plans as a user would: a mask channel for every expert of every task (mt has one planned)."""
     plans = json.loads(plans_file.read_text())
     for config in plans["configurations"].values():
         if config["kind"] == "expert":
             config["network"]["mask_channels"] = 1
-            for task in config["in_channels_per_task"]:
-                config["in_channels_per_task"][task] += 1
+            for task, mask in config["mask_channels_per_task"].items():
+                if not mask:
+                    config["mask_channels_per_task"][task] = 1
+                    config["in_channels_per_task"][task] += 1
     plans_file.write_text(json.dumps(plans, indent=2))
 
 

@@ -51,7 +51,7 @@ def test_planning_uses_the_networks_input_channel_rule():
 
 def test_expert_with_context_and_positions(tiny_plans):
     network = {**network_for_task(tiny_plans, "2d_axial", "mt"), "context_slices": 2, "position_channels": 3,
-               "in_channels": expert_input_channels(1, 2, 3)}
+               "mask_channels": 0, "in_channels": expert_input_channels(1, 2, 3)}
     eps, _ = build_expert(network)(torch.randn(2, 9, 32, 32), torch.tensor([1, 2]))
     assert eps.shape == (2, 1, 32, 32)
 
@@ -82,7 +82,7 @@ def test_bfloat16_expert_runs_on_cpu(tiny_plans):
 @pytest.mark.parametrize("position_channels", [0, 3])
 def test_an_unconditional_expert_takes_y_t_and_its_positions_alone(tiny_plans, position_channels):
     network = dict(network_for_task(tiny_plans, "2d_axial", "mt"), position_channels=position_channels,
-                   in_channels=expert_input_channels(0, 2, position_channels))
+                   mask_channels=0, in_channels=expert_input_channels(0, 2, position_channels))
     assert network["in_channels"] == 1 + position_channels          # no condition: its context adds nothing
     expert = build_expert(network).eval()
     x = torch.randn(3, network["in_channels"], *tiny_plans["configurations"]["2d_axial"]["patch_size"])

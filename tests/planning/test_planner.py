@@ -119,10 +119,14 @@ def test_shapes_are_divisible_by_stride_and_degradation_factor(brats_40, brats_8
 
 def test_per_task_channels_and_task_section(brats_40):
     configurations = brats_40["configurations"]
-    # y_t + each condition with 2 neighbouring slices on either side + 3 position channels
+    # y_t + each condition with 2 neighbouring slices on either side + 3 position channels (+ the non-zero mask
+    # for mt, whose condition has no pooled target)
     assert configurations["2d_axial"]["network"]["context_slices"] == 2
     assert configurations["2d_axial"]["network"]["position_channels"] == 3
-    assert configurations["2d_axial"]["in_channels_per_task"] == {"sr": 9, "mt": 9, "both": 14}
+    assert configurations["2d_axial"]["in_channels_per_task"] == {"sr": 9, "mt": 10, "both": 14}
+    assert configurations["2d_axial"]["mask_channels_per_task"] == {"sr": 0, "mt": 1, "both": 0}
+    assert network_for_task(brats_40, "2d_axial", "mt")["mask_channels"] == 1
+    assert network_for_task(brats_40, "2d_axial", "both")["mask_channels"] == 0
     assert configurations["3d_ensembler"]["in_channels_per_task"] == {"sr": 4, "mt": 4, "both": 5}
     assert configurations["3d_ensembler"]["network"]["out_channels"] == 2   # one zero-sum weight map + residual
     assert network_for_task(brats_40, "2d_sagittal", "both")["in_channels"] == 14
@@ -241,30 +245,34 @@ def test_context_slices_and_position_channels_widen_the_expert_input(monkeypatch
     plans = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, preset="tiny")
     expert = plans["configurations"]["2d_axial"]
     # noisy target + every condition channel with 2 neighbours on each side + 3 position channels
-    assert expert["in_channels_per_task"] == {"sr": 1 + 5 + 3, "mt": 1 + 5 + 3, "both": 1 + 10 + 3}
+    assert expert["in_channels_per_task"] == {"sr": 1 + 5 + 3, "mt": 1 + 5 + 3 + 1, "both": 1 + 10 + 3}
     assert expert["network"]["in_channels"] == 14
     assert expert["network"]["context_slices"] == 2 and expert["network"]["position_channels"] == 3
     assert plans["configurations"]["3d_ensembler"]["in_channels_per_task"]["both"] == 5
 
 
-def test_a_mask_channel_widens_the_conditioned_experts_only(monkeypatch):
+def test_the_mask_channel_is_planned_for_conditions_without_a_pooled_target_only(monkeypatch):
     from dataclasses import replace
 
     from diffens_auto.planning import presets
 
-    monkeypatch.setitem(presets.PRESETS, "tiny", replace(presets.PRESETS["tiny"], mask_channels=1))
     plans = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, preset="tiny")
     context = 2 * presets.TINY.context_slices + 1
     expert = plans["configurations"]["2d_axial"]
-    assert expert["in_channels_per_task"] == {"sr": 1 + context + 3 + 1, "mt": 1 + context + 3 + 1,
-                                              "both": 1 + 2 * context + 3 + 1}
-    assert network_for_task(plans, "2d_axial", "both")["mask_channels"] == 1
+    assert expert["in_channels_per_task"] == {"sr": 1 + context + 3, "mt": 1 + context + 3 + 1,
+                                              "both": 1 + 2 * context + 3}
+    # the network dict is the widest task's, and builds as it is
+    assert expert["network"]["in_channels"] == 1 + 2 * context + 3 and expert["network"]["mask_channels"] == 0
+    assert build_expert(expert["network"]) is not None
     # an unconditional prior has no condition to take a mask of
     fp = brats_fingerprint(num_channels=1)
     recon = plan_experiment(fp, {"recon": RECON}, {0: "T1"}, "D", 40.0, preset="tiny")
     assert recon["configurations"]["2d_axial"]["in_channels_per_task"] == {"recon": 1 + 3}
-    network = network_for_task(recon, "2d_axial", "recon")
-    assert network["mask_channels"] == 0 and build_expert(network) is not None
+    assert network_for_task(recon, "2d_axial", "recon")["mask_channels"] == 0
+    # a preset without it plans none
+    monkeypatch.setitem(presets.PRESETS, "tiny", replace(presets.PRESETS["tiny"], mask_channels=0))
+    plain = plan_experiment(brats_fingerprint(), BRATS_TASKS, BRATS_CHANNELS, "Dataset500_BraTS", 40.0, preset="tiny")
+    assert plain["configurations"]["2d_axial"]["in_channels_per_task"]["mt"] == 1 + context + 3
 
 
 def test_residual_scale_and_clip_come_from_the_measured_residual():
@@ -336,7 +344,7 @@ def test_a_real_size_recon_task_plans_beside_the_sr_tasks_and_leaves_them_unchan
     assert {name: plans["tasks"][name] for name in BRATS_TASKS} == brats_40["tasks"]
     assert plans["crop_size"] == brats_40["crop_size"] and plans["crop_multiples"] == brats_40["crop_multiples"]
     axial = plans["configurations"]["2d_axial"]
-    assert axial["in_channels_per_task"] == {"sr": 9, "mt": 9, "both": 14, "recon": 4}
+    assert axial["in_channels_per_task"] == {"sr": 9, "mt": 10, "both": 14, "recon": 4}
     assert plans["configurations"]["3d_ensembler"]["in_channels_per_task"]["recon"] == 3
     for name, configuration in plans["configurations"].items():
         reference = brats_40["configurations"][name]

@@ -49,13 +49,14 @@ def test_ensembler_batches_pretraining_and_fine_tuning(demo_data, plans, task):
             shape = tuple(patch or config["patch_size"])
             assert batch["y0"].shape == (config["batch_size"], 1, *shape)
             assert batch["condition"].shape == (config["batch_size"], n_cond, *shape)
-            assert batch["positions"].shape == (config["batch_size"], 3, *shape)
+            # the experts' frame: coordinates, and the mask that the mt experts are planned with
+            assert batch["positions"].shape == (config["batch_size"], 4, *shape)
 
 
 def test_ensembler_patches_carry_their_cut_of_the_crop_wide_positions(demo_data, plans):
     batch = next(_ensembler(demo_data, plans, "sr", "3d_ensembler", seed=3, patch_size=[8, 12, 16]))
     crop = position_channels(tuple(plans["crop_size"]))[0]
-    positions = batch["positions"][0]
+    positions = batch["positions"][0, :3]
     # The patch's smallest coordinate on each axis locates it in the crop; then every voxel must match there.
     start = [int(torch.argmin((torch.linspace(-1, 1, n) - positions[a].min()).abs()))
              for a, n in enumerate(plans["crop_size"])]
@@ -97,12 +98,14 @@ def test_context_slices_and_position_channels(demo_data, plans):
 
 
 def _with_mask(plans, configurations=EXPERTS):
-    """The plans with a non-zero mask channel planned for the experts `configurations` (every conditioned task)."""
+    """The plans with a non-zero mask channel for the experts `configurations` in every task (mt has it planned)."""
     for name in configurations:
         config = plans["configurations"][name]
         config["network"]["mask_channels"] = 1
-        for task in config["in_channels_per_task"]:
-            config["in_channels_per_task"][task] += 1
+        for task, mask in config["mask_channels_per_task"].items():
+            if not mask:
+                config["mask_channels_per_task"][task] = 1
+                config["in_channels_per_task"][task] += 1
     return plans
 
 

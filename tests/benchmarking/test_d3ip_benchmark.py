@@ -1,0 +1,55 @@
+"""The d3ip benchmark's figures: the summary statistics by hand, the table, the memory proof, the slice choice."""
+import pytest
+from tiny_plans import RECON_TASK, tiny_recon_plans
+
+from diffens_auto.benchmarking.d3ip import GROUP_NAMES, METHODS, D3IPBenchmarkError, benchmark_d3ip, \
+    ddip_slice_indices
+from diffens_auto.benchmarking.d3ip_report import format_d3ip_table, memory_proof, summarise
+from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.networks import build_expert
+from diffens_auto.planning import network_for_task
+
+
+def _row(method, group, case, seed, psnr, ssim=0.9, seconds=2.0, slices=30.0):
+    return {"method": method, "group": group, "case": case, "seed": seed, "psnr": psnr, "ssim": ssim,
+            "seconds": seconds, "psnr_ddip_slices": slices}
+
+
+def test_seeds_are_averaged_over_cases_first_and_their_spread_is_the_standard_error():
+    dds = METHODS[1].name
+    rows = [_row(dds, "phantoms", "a", 0, 30.0), _row(dds, "phantoms", "b", 0, 32.0),
+            _row(dds, "phantoms", "a", 1, 31.0), _row(dds, "phantoms", "b", 1, 35.0),
+            _row(METHODS[0].name, "phantoms", "a", 0, 27.0), _row(METHODS[0].name, "phantoms", "b", 0, 29.0)]
+    summary = {(r["method"], r["group"]): r for r in summarise(rows, METHODS, GROUP_NAMES)}
+    two = summary[(dds, "phantoms")]
+    assert (two["seeds"], two["cases"]) == (2, 2)
+    assert two["psnr"] == pytest.approx(32.0)                 # seed means 31 and 33
+    assert two["psnr_se"] == pytest.approx(1.0)               # std (ddof 1) sqrt(2) / sqrt(2)
+    one = summary[(METHODS[0].name, "phantoms")]
+    assert one["psnr"] == pytest.approx(28.0) and one["psnr_se"] == pytest.approx(1.0)   # over the cases
+    table = format_d3ip_table({"summary": list(summary.values()), "peak_bytes": {dds: 3 * 2 ** 20},
+                               "memory_proof": {"K": 6, "L": 2, "rest_spread": 0.01,
+                                                "slices": {12: {"rest_bytes": 2 ** 20}}},
+                               "ddip_seconds": {1: 1.0, 2: 2.1}}, GROUP_NAMES)
+    assert "| DDS, ellipsoid prior | 2 | 32.00 ± 1.00 | 0.9000 |" in table and "| 3.0 |" in table
+    assert "N = 12: 1.00 MiB" in table and "DDIP seconds for 1, 2, 4 slices: 1: 1.0, 2: 2.1" in table
+
+
+def test_the_adaptation_memory_proof_is_flat_for_a_real_expert():
+    plans = tiny_recon_plans()
+    network = network_for_task(plans, "2d_axial", RECON_TASK)
+    runner = ExpertRunner.from_network(build_expert(network).eval(), network, 2, 4, name="2d_axial")
+    proof = memory_proof(runner, (16, 16), slices=4, steps=1)
+    assert sorted(proof["slices"]) == [12, 24, 48] and proof["rest_spread"] < 0.10
+    assert all(entry["peak_bytes"] > entry["volume_buffer_bytes"] for entry in proof["slices"].values())
+
+
+def test_ddip_slices_are_spread_inside_the_volume():
+    assert ddip_slice_indices(48, 2) == [16, 31]
+    assert ddip_slice_indices(24, 1) == [12]
+
+
+def test_a_models_folder_without_the_recon_demo_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "models").mkdir()
+    with pytest.raises(D3IPBenchmarkError, match="diffens_demo --recon -o FOLDER"):
+        benchmark_d3ip(tmp_path / "work", tmp_path / "models", quick=True)
