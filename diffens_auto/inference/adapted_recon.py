@@ -31,6 +31,7 @@ from diffens_auto.inference.model import PredictionSetupError
 from diffens_auto.inference.recon_prediction import DDSReconstruction, ReconCase, dds_reconstruct, recon_pads
 from diffens_auto.inference.sampling_settings import AdaptationRequest
 from diffens_auto.operators import FileOrderKSpace
+from diffens_auto.planning.task_sections import KSPACE_ADAPTATION
 
 LORA_SUFFIX = "_lora.pth"
 LORA_FORMAT = "diffens_lora"
@@ -83,7 +84,9 @@ class AdaptedReconstruction(DDSReconstruction):
         super().__init__(predictor)
         model = predictor.model
         try:
-            self.adaptation = AdaptationSettings.resolve(request.method, model.task_plans.get("adaptation"),
+            # plans made before the section existed get the values the planner writes now, as for `dds`
+            section = model.task_plans.get("adaptation", KSPACE_ADAPTATION)
+            self.adaptation = AdaptationSettings.resolve(request.method, section,
                                                          request.overrides, dc_gamma=self.gamma,
                                                          dc_steps=self.cg_steps, task=model.task)
         except AdaptationSettingsError as e:
