@@ -308,8 +308,10 @@ def _expert_terms(configuration: dict, experts: dict, volume_shape, slice_batch_
 
 
 def _mask_channels(configuration: dict, experts: dict) -> int:
-    """1 when any expert of an ensembler configuration takes the condition's non-zero mask, else 0."""
+    """1 when any expert of an ensembler configuration takes the condition's non-zero mask for any task (the
+    loader then sends it in the experts' frame), else 0."""
     return int(any(experts[name]["network"].get("mask_channels", 0)
+                   or any(experts[name].get("mask_channels_per_task", {}).values())
                    for name in configuration.get("experts", []) if name in experts))
 
 

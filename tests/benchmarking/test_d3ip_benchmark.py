@@ -53,3 +53,16 @@ def test_a_models_folder_without_the_recon_demo_is_refused_with_the_fix(tmp_path
     (tmp_path / "models").mkdir()
     with pytest.raises(D3IPBenchmarkError, match="diffens_demo --recon -o FOLDER"):
         benchmark_d3ip(tmp_path / "work", tmp_path / "models", quick=True)
+
+
+def test_the_quick_run_fills_every_row_of_every_group(tmp_path, monkeypatch):
+    for variable in ("diffens_raw", "diffens_preprocessed", "diffens_results"):
+        monkeypatch.setenv(variable, str(tmp_path))     # so the benchmark's own folders are undone afterwards
+    monkeypatch.setenv("diffens_n_proc_DA", "0")
+    results = benchmark_d3ip(tmp_path, quick=True)
+    rows = {(r["method"], r["group"]) for r in results["summary"]}
+    assert rows == {(m.name, g) for m in METHODS for g in GROUP_NAMES}
+    assert results["memory_proof"]["rest_spread"] < 0.10
+    assert (tmp_path / "d3ip_table.md").is_file() and (tmp_path / "d3ip.json").is_file()
+    ddip = next(r for r in results["summary"] if r["method"].startswith("DDIP") and r["group"] == "phantoms")
+    assert ddip["psnr"] is None and ddip["psnr_ddip_slices"] is not None

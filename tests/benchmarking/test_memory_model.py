@@ -82,6 +82,7 @@ def test_the_experts_frame_is_one_volume_per_channel_in_the_inference_estimate(t
         edited = copy.deepcopy(experts)
         for name in edited:
             edited[name]["network"].update(position_channels=position, mask_channels=mask)
+            edited[name]["mask_channels_per_task"] = {task: mask for task in edited[name]["in_channels_per_task"]}
         return estimate_inference_memory(chosen, "float32", volume_shape=shape, experts=edited).volume_buffers
     assert buffers(3, 0) - buffers(0, 0) == 3 * 4 * 32 ** 3
     assert buffers(3, 1) - buffers(3, 0) == 4 * 32 ** 3
