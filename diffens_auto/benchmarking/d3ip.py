@@ -143,7 +143,7 @@ def _untrained(predictor: DiffensPredictor) -> None:
     predictor.model = dataclasses.replace(model, runners={name: fresh}, strategy=SingleExpert(fresh))
 
 
-def reconstruction_for(method: Method, seed: int, settings: D3IPSettings, device, steps: int | None = None,
+def reconstruction_for(method: Method, seed: int, settings: D3IPSettings, device, *, steps: int | None = None,
                        start_timestep: int | None = None):
     """The reconstruction object of a row (DDS or adapted), from the trained model of its prior."""
     overrides = {} if method.adapt == "none" else dict(settings.adapt_overrides)

@@ -201,7 +201,7 @@ class DiffensPredictor:
     def case_frame(self, shape, pads, mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """The experts' frame of a case padded by `pads` to `shape` (None when no expert takes one)."""
         model = self._require_model()
-        runners = list(model.runners.values())
+        runners = list(getattr(model.strategy, "runners", []))
         if not any(needs_frame(runner) for runner in runners):
             return None
         # the coordinates of training's frame (the crop, the case centred in it), not of the padded case

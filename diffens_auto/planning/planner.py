@@ -79,7 +79,7 @@ def network_for_task(plans: dict, configuration: str, task: str) -> dict:
     config = plans["configurations"][configuration]
     network = dict(config["network"])
     network["in_channels"] = config["in_channels_per_task"][task]
-    if "mask_channels_per_task" in config:
+    if task in config.get("mask_channels_per_task", {}):
         network["mask_channels"] = int(config["mask_channels_per_task"][task])
     elif network.get("mask_channels"):       # a plans edit: the mask for every task with a condition
         network["mask_channels"] = task_mask_channels(network["mask_channels"],

@@ -35,4 +35,4 @@ def test_command_line_offers_training_beside_core(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         benchmark_entry()
     out = capsys.readouterr().out
-    assert "{core,training,quality}" in out and "--iterations" in out and "--minutes" in out
+    assert "{core,training,quality,d3ip}" in out and "--iterations" in out and "--minutes" in out

@@ -15,7 +15,7 @@ import torch
 
 from diffens_auto import paths
 from diffens_auto.diffusion import NoiseSchedule
-from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.slicing import ExpertRunner, expert_frame, position_channels
 from diffens_auto.model_folder.checkpoints import FINAL, load_checkpoint
 from diffens_auto.networks import Ensembler, build_expert
 from diffens_auto.planning import network_for_task, plan_experiment
@@ -319,6 +319,9 @@ def test_every_parameter_gets_a_gradient_so_ddp_needs_no_unused_parameter_search
         network = network_for_task(plans, configuration, "mt")
         ensembler = Ensembler(network, names, ["epsilon_target"] * len(names))
         objective = EnsemblerObjective(frozen, want_features=bool(network.get("feature_injection")))
-        eps = objective(ensembler, {"condition": torch.randn(1, 1, 8, 8, 8)}, torch.randn(1, 1, 8, 8, 8), t)
+        # the mt experts take the condition's non-zero mask in their frame, as the loader sends it
+        frame = expert_frame(position_channels((8, 8, 8)), torch.ones(1, 1, 8, 8, 8))
+        eps = objective(ensembler, {"condition": torch.randn(1, 1, 8, 8, 8), "positions": frame},
+                        torch.randn(1, 1, 8, 8, 8), t)
         eps.sum().backward()
         assert all(p.grad is not None for p in ensembler.parameters()), configuration

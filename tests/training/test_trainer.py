@@ -11,7 +11,7 @@ import torch
 
 from diffens_auto import paths
 from diffens_auto.diffusion import NoiseSchedule
-from diffens_auto.diffusion.slicing import ExpertRunner
+from diffens_auto.diffusion.slicing import ExpertRunner, expert_frame, position_channels
 from diffens_auto.diffusion.target_space import ConvertedRunner
 from diffens_auto.hashing import file_sha256
 from diffens_auto.imageio import read_image
@@ -251,7 +251,9 @@ def test_ensembler_overfits_one_batch(overfit_plans, tmp_path):
     assert network["feature_injection"]
     model = Ensembler(network, names, ["epsilon_target"] * len(names))
     trainer = _trainer(model, EnsemblerObjective(experts, want_features=True), plans, (8, 8, 8), tmp_path, lr=2e-3)
-    batch = {"y0": _smooth((1, 1, 8, 8, 8), generator), "condition": _smooth((1, 1, 8, 8, 8), generator)}
+    batch = {"y0": _smooth((1, 1, 8, 8, 8), generator), "condition": _smooth((1, 1, 8, 8, 8), generator),
+             # the mt experts' frame: coordinates and the condition's non-zero mask (all of the patch)
+             "positions": expert_frame(position_channels((8, 8, 8)), torch.ones(1, 1, 8, 8, 8))}
     noise = torch.randn((1, 1, 8, 8, 8), generator=generator)
     assert _steps_to_fall_tenfold(trainer, batch, torch.tensor([300]), noise) is not None
 
