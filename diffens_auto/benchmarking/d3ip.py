@@ -42,7 +42,7 @@ from diffens_auto.inference.adapted_recon import AdaptedReconstruction
 from diffens_auto.inference.degrade_inputs import degrade_folder
 from diffens_auto.inference.model import load_task_plans
 from diffens_auto.inference.predictor import DiffensPredictor
-from diffens_auto.inference.recon_prediction import DDSReconstruction, prepare_recon_case
+from diffens_auto.inference.recon_prediction import DDSReconstruction, prepare_recon_case, zero_filled_magnitude
 from diffens_auto.inference.sampling_settings import AdaptationRequest
 from diffens_auto.networks import build_expert
 
@@ -166,17 +166,11 @@ def ddip_slice_indices(num_slices: int, count: int) -> list[int]:
 
 def _reconstruct(method: Method, reconstruction, case, seed: int, ddip: list[int]) -> np.ndarray:
     if method.adapt is None:
-        return demo_zero_filled(case)
+        return zero_filled_magnitude(case)
     if method.adapt == "ddip":
         adapted = reconstruction.adapted_runners(case)
         return reconstruction.ddip_slices(case, adapted, seed, slices=ddip)[0]
     return reconstruction.reconstruct(case)[0]
-
-
-def demo_zero_filled(case) -> np.ndarray:
-    """|A⁺y| in the measurement's intensities."""
-    from diffens_auto.inference.recon_prediction import zero_filled_magnitude
-    return zero_filled_magnitude(case)
 
 
 def run_case(method: Method, bundle: Path, seed: int, settings: D3IPSettings, device) -> dict:

@@ -8,6 +8,7 @@ import torch
 
 from diffens_auto.adaptation import AdaptationSettings, AdaptingDenoiser, KSpaceSlices
 from diffens_auto.benchmarking.memory_tracker import PeakMemoryTracker
+from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.slicing import position_channels
 from diffens_auto.diffusion.strategies import SingleExpert
 from diffens_auto.operators import FileOrderKSpace
@@ -63,7 +64,7 @@ def memory_proof(runner, plane=(48, 48), *, slices: int = 6, steps: int = 2, dev
         frame = position_channels(shape, device=device)
         settings = AdaptationSettings(method="d3ip", slices=slices, steps=steps, lr=1e-4)
         adapter = AdaptingDenoiser(SingleExpert(runner), [runner], KSpaceSlices(operator, y, [(0, 0)] * 3, 2),
-                                   settings, schedule=_schedule(), timesteps=[500], frame=frame)
+                                   settings, schedule=NoiseSchedule.linear(), timesteps=[500], frame=frame)
         adapter.begin(0)
         tracker = PeakMemoryTracker()
         tracker.track(y_t, frame, y, mask, list(runner.expert.parameters()))
@@ -75,11 +76,6 @@ def memory_proof(runner, plane=(48, 48), *, slices: int = 6, steps: int = 2, dev
                         "rest_bytes": tracker.peak_bytes - buffers}
     rests = [entry["rest_bytes"] for entry in proof.values()]
     return {"slices": proof, "rest_spread": max(rests) / min(rests) - 1.0, "K": slices, "L": steps}
-
-
-def _schedule():
-    from diffens_auto.diffusion import NoiseSchedule
-    return NoiseSchedule.linear()
 
 
 def ddip_time_per_slice(reconstruction, case, adapted, counts=(1, 2, 4)) -> dict:
