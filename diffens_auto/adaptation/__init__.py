@@ -7,8 +7,8 @@ documentation/adaptation.md says what each variant is for and costs.
 """
 from diffens_auto.adaptation.adapter import AdaptationDivergedError, AdaptingDenoiser, separable_runners
 from diffens_auto.adaptation.lora_state import LoRAState
-from diffens_auto.adaptation.problems import KSpaceSlices
+from diffens_auto.adaptation.problems import KSpaceSlices, PooledOperator, PooledSlices
 from diffens_auto.adaptation.settings import METHODS, AdaptationSettings, AdaptationSettingsError
 
 __all__ = ["AdaptationDivergedError", "AdaptationSettings", "AdaptationSettingsError", "AdaptingDenoiser",
-           "KSpaceSlices", "LoRAState", "METHODS", "separable_runners"]
+           "KSpaceSlices", "LoRAState", "METHODS", "PooledOperator", "PooledSlices", "separable_runners"]

@@ -18,7 +18,7 @@ the sampling loop runs, `end()` takes them out and returns their weights. A non-
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -44,11 +44,14 @@ class AdaptingDenoiser:
     def __init__(self, denoiser, runners: Sequence, problem, settings: AdaptationSettings, *,
                  schedule: NoiseSchedule, timesteps: Sequence[int], prediction: str = "epsilon",
                  frame: torch.Tensor | None = None, initial: dict | None = None):
-        """`runners` adapt (each with its `.expert`); `timesteps` are the sampler's; `initial` {runner name:
-        LoRA state_dict} starts from saved weights; `frame` is the experts' frame of the case."""
+        """`runners` adapt (each with its `.expert`); `problem` is the case's measurement along the runners' slice
+        axis, or {slice axis: problem} when they slice along several (SR); `timesteps` are the sampler's;
+        `initial` {runner name: LoRA state_dict} starts from saved weights; `frame` is the experts' frame."""
         if not runners:
             raise ValueError("AdaptingDenoiser needs at least one expert to adapt.")
-        self.denoiser, self.runners, self.problem = denoiser, list(runners), problem
+        self.denoiser, self.runners = denoiser, list(runners)
+        self.problems = dict(problem) if isinstance(problem, Mapping) else {
+            int(runner.slice_axis): problem for runner in self.runners}
         self.settings, self.schedule, self.prediction, self.frame = settings, schedule, prediction, frame
         adapted = [int(t) for t in timesteps if settings.in_horizon(int(t), schedule.num_train_steps)]
         self.positions = {t: i for i, t in enumerate(adapted)}
@@ -95,21 +98,22 @@ class AdaptingDenoiser:
 
     def _adapt(self, runner, state: LoRAState, y_t, condition, t: int) -> None:
         settings = self.settings
-        axis = runner.slice_axis
-        start, stop = self.problem.region(y_t.shape[2:])
+        axis = int(runner.slice_axis)
+        problem = self.problems[axis]
+        start, stop = problem.region(y_t.shape[2:])
         optimizer = torch.optim.AdamW(state.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
         before = state.snapshot() if settings.method == "d3ip_meta" else None
         tv = ({"rho": settings.tv_rho, "lam": settings.tv_lambda, "admm_steps": settings.admm_steps}
               if settings.method == "d3ip_mbir" else None)
         for step in range(settings.steps):
             indices = draw_slices(start, stop, settings.slices, self.generator, contiguous=tv is not None,
-                                  block=self.problem.block).to(y_t.device)
+                                  block=problem.block).to(y_t.device)
             with torch.enable_grad():
                 y_slab = y_t.index_select(2 + axis, indices)
                 output = runner.run_slices(y_t, condition, t, indices, positions=self.frame)
                 eps = self.schedule.eps_from_v(y_slab, output, t) if self.prediction == "v" else output
                 x0 = self.schedule.tweedie_x0(y_slab, eps.float(), t)
-                loss = self.problem.loss(x0, indices, gamma=settings.dc_gamma, cg_steps=settings.dc_steps, tv=tv)
+                loss = problem.loss(x0, indices, gamma=settings.dc_gamma, cg_steps=settings.dc_steps, tv=tv)
                 if not bool(torch.isfinite(loss.detach())):
                     raise AdaptationDivergedError(
                         f"D3IP adaptation of expert {runner.name} diverged at t = {t}, optimiser step {step + 1}: "

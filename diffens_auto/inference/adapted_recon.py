@@ -62,6 +62,31 @@ def load_lora_file(path: Path) -> dict:
     return record
 
 
+def initial_weights(initial: dict | None, adapted, path) -> dict | None:
+    """{runner name: LoRA state_dict} of a --lora file for the adapted runners; a file of other experts is refused."""
+    if initial is None:
+        return None
+    missing = [r.name for r in adapted if r.name not in initial]
+    if missing:
+        raise PredictionSetupError(f"--lora {path} holds weights for "
+                                   f"{[k for k in initial if isinstance(initial[k], dict)]}, not for "
+                                   f"{missing}. Fix: give a file saved with the same model.")
+    return {r.name: initial[r.name] for r in adapted}
+
+
+def lora_settings(request: AdaptationRequest) -> dict:
+    """The --lora file (path, SHA-256) and --save_adapted as prediction_settings.json records them."""
+    lora = None if request.lora is None else {
+        "path": str(request.lora), "sha256": hashlib.sha256(Path(request.lora).read_bytes()).hexdigest()}
+    return {"lora": lora, "save_adapted": request.save_adapted}
+
+
+def lora_record(settings: AdaptationSettings, weights: dict) -> dict:
+    """What CASE_lora.pth holds: the format, the variant, the LoRA rank and scale and the weights per expert."""
+    return {"format": LORA_FORMAT, "version": 1, "method": settings.method, "lora_rank": settings.lora_rank,
+            "lora_scale": settings.lora_scale, **weights}
+
+
 class _TVConsistency:
     """mbir's data consistency of the whole volume as the sampler's x0 hook sees it; ADMM state per sample."""
 
@@ -97,11 +122,7 @@ class AdaptedReconstruction(DDSReconstruction):
 
     def settings(self) -> dict:
         """DDS's settings with the adaptation's (compared by --continue_prediction)."""
-        record = self.adaptation.as_dict()
-        record["lora"] = None if self.request.lora is None else {
-            "path": str(self.request.lora), "sha256": hashlib.sha256(Path(self.request.lora).read_bytes()).hexdigest()}
-        record["save_adapted"] = self.request.save_adapted
-        return {**super().settings(), "adaptation": record}
+        return {**super().settings(), "adaptation": {**self.adaptation.as_dict(), **lora_settings(self.request)}}
 
     def extra_outputs(self, output_folder: Path, case_id: str) -> dict:
         """CASE_lora.pth with --save_adapted."""
@@ -145,20 +166,11 @@ class AdaptedReconstruction(DDSReconstruction):
             image, sample_weights = run(case, adapted, seed)
             outputs.append(image)
             weights = weights or sample_weights
-        self.last_weights = {"format": LORA_FORMAT, "version": 1, "method": self.adaptation.method,
-                             "lora_rank": self.adaptation.lora_rank, "lora_scale": self.adaptation.lora_scale,
-                             **weights}
+        self.last_weights = lora_record(self.adaptation, weights)
         return outputs
 
     def _initial(self, adapted) -> dict | None:
-        if self.initial is None:
-            return None
-        missing = [r.name for r in adapted if r.name not in self.initial]
-        if missing:
-            raise PredictionSetupError(f"--lora {self.request.lora} holds weights for "
-                                       f"{[k for k in self.initial if isinstance(self.initial[k], dict)]}, not for "
-                                       f"{missing}. Fix: give a file saved with the same model.")
-        return {r.name: self.initial[r.name] for r in adapted}
+        return initial_weights(self.initial, adapted, self.request.lora)
 
     def _volume(self, case: ReconCase, adapted, seed: int) -> tuple[np.ndarray, dict]:
         """One D3IP sample of the whole volume and the LoRA weights it ended with."""

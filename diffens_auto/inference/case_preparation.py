@@ -42,8 +42,8 @@ from diffens_auto.preprocessing.inversion import invert_preprocessing
 from diffens_auto.preprocessing.normalization import DEFAULT_PERCENTILES, normalize, params_from_lowres
 from diffens_auto.preprocessing.preprocessor import preprocess_arrays
 from diffens_auto.preprocessing.resampling import resample_data
-from diffens_auto.tasks.conditioning import (condition_background, condition_mask, task_background, task_normalization,
-                                             task_volumes)
+from diffens_auto.tasks.conditioning import (condition_background, condition_mask, target_from_y0, task_background,
+                                             task_normalization, task_volumes, y0_from_target)
 
 INPUT_GRIDS = ("lr", "hr")
 
@@ -218,3 +218,19 @@ def finish_case(target_pp: np.ndarray, case: PreparedCase, task_plans: Mapping, 
         projected = operator.project(torch.from_numpy(values)[None, None], torch.from_numpy(case.lowres)[None, None])
         values = projected[0, 0].numpy() * case.keep
     return values.astype(np.float32)
+
+
+def projection_hook(task_plans: Mapping, condition: torch.Tensor, measurement: torch.Tensor, pads, refine=None):
+    """The per-step x0 hook of an SR case (Sec. 3.1): x0_hat as a target, projected onto the measurement inside the
+    pads (or replaced there by `refine(target)`, which must keep the measurement), and back to the diffusion space."""
+    operator = operator_for(task_plans["degradation"])
+
+    def hook(x0_hat, t):
+        target = target_from_y0(x0_hat, condition, task_plans)
+        if refine is not None:
+            return y0_from_target(refine(target), condition, task_plans)
+        region = tuple(slice(a, n - b) for (a, b), n in zip(pads, target.shape[2:]))
+        projected = target.clone()
+        projected[(..., *region)] = operator.project(target[(..., *region)], measurement.to(target.dtype))
+        return y0_from_target(projected, condition, task_plans)
+    return hook

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import diffens_auto
-from diffens_auto.atomic import atomic_write_json
+from diffens_auto.atomic import atomic_path, atomic_write_json
 from diffens_auto.devices import check_device
 from diffens_auto.diffusion import sample, sampler_from_plans
 from diffens_auto.diffusion.padding import unpad
@@ -33,7 +33,7 @@ from diffens_auto.diffusion.slicing import expert_frame, needs_frame
 from diffens_auto.diffusion.strategies import WithPositions
 from diffens_auto.diffusion.target_space import set_case_params
 from diffens_auto.imageio import ImageReadError, count_nonfinite_voxels, read_image, write_image
-from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case
+from diffens_auto.inference.case_preparation import PreparedCase, finish_case, prepare_case, projection_hook
 from diffens_auto.inference.input_cases import InputCase, find_input_cases, split_into_parts
 from diffens_auto.inference.model import PredictionSetupError, TrainedModel, load_trained_model, prediction_request
 from diffens_auto.inference.previews import write_preview
@@ -41,14 +41,13 @@ from diffens_auto.inference.sampling_settings import AdaptationRequest, Sampling
 from diffens_auto.inference.summary import PredictionSummary
 from diffens_auto.model_folder.checkpoints import FINAL
 from diffens_auto.model_folder.location import ModelLocation
-from diffens_auto.operators import operator_for
 from diffens_auto.planning.task_sections import is_kspace
-from diffens_auto.tasks.conditioning import diffusion_for_task, target_from_y0, y0_from_target
+from diffens_auto.tasks.conditioning import diffusion_for_task, target_from_y0
 from diffens_auto.tasks.placement import block_step, case_positions
 
 # what must match for --continue_prediction to keep earlier outputs (the rest may change between runs)
 RESUME_KEYS = ("dataset", "task", "configuration", "fold", "plans_name", "plans_sha256", "checkpoints", "sampler",
-               "steps", "seed", "num_samples", "consistency", "input_grid")
+               "steps", "seed", "num_samples", "consistency", "input_grid", "adaptation")
 
 
 def check_same_settings(settings_file: Path, settings: dict, *, keys=RESUME_KEYS) -> None:
@@ -94,6 +93,7 @@ class DiffensPredictor:
         self.adaptation = adaptation or AdaptationRequest()
         self.model: TrainedModel | None = None
         self.sampler = None
+        self.adapted = None       # an SR model's adaptation (inference/adapted_sr.py), with --adapt
 
     # ------------------------------------------------------------------ model
 
@@ -122,12 +122,10 @@ class DiffensPredictor:
             from diffens_auto.inference.recon_prediction import recon_sampler
             self.model, self.sampler = model, recon_sampler(model.plans, model.task, self.sampling)
             return self
-        if self.adaptation.active:
-            raise PredictionSetupError(f"--adapt {self.adaptation.method}: test-time adaptation is built for recon "
-                                       f"tasks only so far; task '{model.task}' is not one. Fix: leave --adapt out.")
-        if self.sampling.dc_gamma is not None or self.sampling.dc_steps is not None:
+        if (self.sampling.dc_gamma is not None or self.sampling.dc_steps is not None) and not self.adaptation.active:
             raise PredictionSetupError(f"--dc_gamma / --dc_steps: task '{model.task}' has no k-space data "
-                                       "consistency (only recon tasks do). Fix: leave them out.")
+                                       "consistency (recon tasks do; SR tasks only for --adapt's estimate). Fix: "
+                                       "leave them out.")
         diffusion = diffusion_for_task(model.plans, model.task)
         if self.sampling.sampler is not None:
             diffusion["sampler"] = self.sampling.sampler
@@ -143,6 +141,10 @@ class DiffensPredictor:
                                        "correct --start_timestep / --steps (or the plans' diffusion section).") from None
         if self.sampling.consistency is None:
             self.consistency = bool(diffusion.get("consistency_projection", True))
+        self.adapted = None
+        if self.adaptation.active:
+            from diffens_auto.inference.adapted_sr import AdaptedSR
+            self.adapted = AdaptedSR(self, self.adaptation)
         return self
 
     def _require_model(self) -> TrainedModel:
@@ -164,6 +166,7 @@ class DiffensPredictor:
             "sampler": repr(self.sampler), "steps": len(self.sampler.timesteps), "seed": self.sampling.seed,
             "num_samples": self.sampling.num_samples, "consistency": self.consistency,
             "input_grid": self.sampling.input_grid,
+            "adaptation": None if self.adapted is None else self.adapted.settings(),
             "device": str(self.device),
         }
 
@@ -171,20 +174,10 @@ class DiffensPredictor:
 
     def _x0_hook(self, case: PreparedCase):
         """Per-step consistency projection of x0_hat onto the measurement (Sec. 3.1), on the preprocessed grid."""
-        task_plans = self._require_model().task_plans
         if case.measurement is None:
             return None
-        operator = operator_for(task_plans["degradation"])
-        condition = case.condition.to(self.device)
-        measurement = case.measurement.to(self.device)
-
-        def hook(x0_hat, t):
-            target = target_from_y0(x0_hat, condition, task_plans)
-            region = tuple(slice(a, n - b) for (a, b), n in zip(case.pads, target.shape[2:]))
-            projected = target.clone()
-            projected[(..., *region)] = operator.project(target[(..., *region)], measurement.to(target.dtype))
-            return y0_from_target(projected, condition, task_plans)
-        return hook
+        return projection_hook(self._require_model().task_plans, case.condition.to(self.device),
+                               case.measurement.to(self.device), case.pads)
 
     def case_denoiser(self, shape, pads, target_params: Mapping, mask: torch.Tensor | None = None):
         """The model's strategy as the eps-denoiser of a case padded by `pads` to `shape`, in its target scale;
@@ -214,6 +207,8 @@ class DiffensPredictor:
     def sample_case(self, case: PreparedCase) -> list[np.ndarray]:
         """num_samples targets of a prepared case, each a float32 image on the output grid."""
         task_plans = self._require_model().task_plans
+        if self.adapted is not None:
+            return self.adapted.sample_case(case)
         condition = case.condition.to(self.device)
         hook = self._x0_hook(case)
         outputs = []
@@ -259,6 +254,8 @@ class DiffensPredictor:
             out["std"] = output_folder / f"{case_id}_std{ending}"
         if self.previews:
             out["preview"] = output_folder / f"{case_id}.png"
+        if self.adapted is not None:
+            out.update(self.adapted.extra_outputs(output_folder, case_id))
         return out
 
     def _predicted(self, case: InputCase, output_folder: Path) -> str:
@@ -278,6 +275,9 @@ class DiffensPredictor:
         if "preview" in outputs:
             rows = [("input", prepared.preview_input), ("output", mean)] + ([("std", std)] if std is not None else [])
             write_preview(outputs["preview"], rows, output_props["spacing"], title=case.case_id)
+        if "lora" in outputs:
+            with atomic_path(outputs["lora"]) as tmp:
+                torch.save(self.adapted.last_weights, tmp)
         write_image(mean, output_props, outputs["prediction"])    # last: its presence means the case is done
         return outputs
 

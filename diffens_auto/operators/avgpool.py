@@ -90,6 +90,10 @@ class AvgPoolSR:
         sums = blocked.sum(dim=tuple(range(len(lead) + 1, len(lead) + 2 * self.ndim, 2)))
         return sums / _block_counts(hr, self.factor, x.dtype, x.device)
 
+    def block_counts(self, hr_shape: Sequence[int], dtype=torch.float32, device=None) -> torch.Tensor:
+        """n_b per low-resolution block of a high-resolution spatial shape (partial last blocks count less)."""
+        return _block_counts(tuple(int(n) for n in tuple(hr_shape)[-self.ndim:]), self.factor, dtype, device)
+
     def _repeat(self, y: torch.Tensor, hr_shape) -> torch.Tensor:
         """Nearest-neighbour repetition of each low-resolution voxel over its block, cropped to hr_shape."""
         dims = range(y.dim() - self.ndim, y.dim())

@@ -36,6 +36,15 @@ KSPACE_ADAPTATION = {"lora_rank": 4, "lora_scale": 1.0, "slices": 6, "horizon": 
                      "d3ip_mbir": {"steps": 5, "lr": 1e-5, "tv_rho": 1e-3, "tv_lambda": 1e-5, "admm_steps": 5},
                      "d3ip_meta": {"steps": 10, "lr": 1e-5, "meta_alpha": [1.0, 0.5]},
                      "ddip": {"steps": 10, "lr": 1e-5}}
+# the same for an average-pooled SR task (documentation/adaptation.md, "SR"): `slices` counts whole blocks of slices
+# along the expert's axis; dc_gamma / dc_steps are the soft estimate's (exact in closed form for pooling, so the CG
+# steps serve mbir's TV-ADMM only); the values were chosen by measurement on the SR demo's models
+POOLED_ADAPTATION = {"lora_rank": 4, "lora_scale": 1.0, "slices": 4, "horizon": 40, "weight_decay": 0.01,
+                     "dc_gamma": 5.0, "dc_steps": 5,
+                     "d3ip": {"steps": 10, "lr": 1e-4},
+                     "d3ip_mbir": {"steps": 10, "lr": 1e-4, "tv_rho": 1e-3, "tv_lambda": 1e-5, "admm_steps": 5},
+                     "d3ip_meta": {"steps": 10, "lr": 1e-4, "meta_alpha": [1.0, 0.5]},
+                     "ddip": {"steps": 10, "lr": 1e-4}}
 
 
 class PlanningError(DiffensError, ValueError):
@@ -180,4 +189,6 @@ def plan_task(name: str, task, channel_names: dict, p: Preset, residuals: Mappin
     if is_kspace(degradation):
         section["dds"] = {**DDS_SAMPLING, "num_inference_steps": p.num_inference_steps}
         section["adaptation"] = copy.deepcopy(KSPACE_ADAPTATION)
+    elif pooled:
+        section["adaptation"] = copy.deepcopy(POOLED_ADAPTATION)
     return section

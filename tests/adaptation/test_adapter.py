@@ -70,7 +70,7 @@ def test_outside_the_horizon_nothing_adapts_and_the_output_is_the_priors(recon_p
 def test_a_non_finite_loss_stops_the_case_with_the_fix(recon_plans, make_runner):
     runner = make_runner(recon_plans)
     adapter, y_t, *_ = _adapter(runner, 6)
-    adapter.problem.measurement = adapter.problem.measurement * float("nan")
+    adapter.problems[2].measurement = adapter.problems[2].measurement * float("nan")
     adapter.begin(0)
     with pytest.raises(AdaptationDivergedError, match="diverged at t = 500.*--adapt_lr"):
         adapter(y_t, y_t.new_zeros((1, 0, *y_t.shape[2:])), 500)

@@ -19,7 +19,6 @@ from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.inference.sampling_settings import AdaptationRequest
 from diffens_auto.networks import build_expert
 from diffens_auto.planning import network_for_task
-from tiny_plans import tiny_plans
 
 DEGRADATION = {"type": "kspace", "mask": "poisson", "acceleration": 3, "acs": 4, "slice_axis": 2, "noise_std": 0.0,
                "mask_per_slice": True}
@@ -138,8 +137,3 @@ def test_requests_that_cannot_adapt_are_refused_before_any_case(bundles, tmp_pat
         AdaptationRequest("none", save_adapted=True)
     with pytest.raises(PredictionSetupError, match="--lora .*not found"):
         AdaptationRequest("d3ip", lora=tmp_path / "missing.pth")
-    sr_plans = tiny_plans()
-    sr = TrainedModel("Dataset001_Tiny", sr_plans["plans_name"], sr_plans, None, "sr", "2d_axial", 0, None, {},
-                      None, [])
-    with pytest.raises(PredictionSetupError, match="recon tasks only so far"):
-        DiffensPredictor(progress=False, adaptation=AdaptationRequest("d3ip")).use_model(sr)

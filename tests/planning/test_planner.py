@@ -12,7 +12,7 @@ from diffens_auto.planning import (PlanningError, UnknownPresetError, estimate_i
                                    validate_plans)
 from diffens_auto.networks import build_expert
 from diffens_auto.planning.plans_schema import PlansError
-from diffens_auto.planning.task_sections import KSPACE_ADAPTATION
+from diffens_auto.planning.task_sections import KSPACE_ADAPTATION, POOLED_ADAPTATION
 
 BRATS_CHANNELS = {0: "T1", 1: "T1ce", 2: "T2", 3: "FLAIR"}
 BRATS_TASKS = {
@@ -131,7 +131,10 @@ def test_per_task_channels_and_task_section(brats_40):
     assert configurations["3d_ensembler"]["network"]["out_channels"] == 2   # one zero-sum weight map + residual
     assert network_for_task(brats_40, "2d_sagittal", "both")["in_channels"] == 14
     assert network_for_task(brats_40, "2d_sagittal", "sr")["in_channels"] == 9
-    assert brats_40["tasks"]["both"] == {
+    both = dict(brats_40["tasks"]["both"])
+    assert both.pop("adaptation") == POOLED_ADAPTATION      # SR tasks adapt to their pooled measurement
+    assert "adaptation" not in brats_40["tasks"]["mt"]      # no measurement: nothing to adapt to
+    assert both == {
         "target": 3, "target_name": "FLAIR", "inputs": [1], "input_names": ["T1ce"],
         "degradation": {"type": "avgpool", "factor": [4, 4, 4]}, "condition_channels": [1, 3],
         "parametrization": "epsilon_residual", "target_normalization": "degraded:avgpool_4x4x4", "input_normalization": "case",
