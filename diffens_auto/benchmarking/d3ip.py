@@ -7,9 +7,12 @@ bundles (8x Poisson-disc undersampling per axial slice, acs 6) are the demo's he
 real T1 crop (out of distribution for the ellipsoid prior), and held-out ellipsoid phantoms degraded with dataset
 901's recon task (in distribution: the control).
 
-Rows (`METHODS`): zero-filled, DDS and D3IP (3 seeds), D3IP-mbir, D3IP-meta and DDIP (one seed; DDIP on a few slices
-per case, its time extrapolated to the volume), DDS with the brain prior (the in-distribution ceiling) and D3IP with
-an untrained prior of the same architecture (what a deep-image-prior effect alone gives). DDS and every D3IP variant
+Rows (`METHODS`): zero-filled, DDS and D3IP (3 seeds on the brain phantoms, one elsewhere), D3IP-mbir, D3IP-meta and
+DDIP (one seed, brain phantoms only; DDIP on a few slices per case, its time extrapolated to the volume), DDS with the
+brain prior (the in-distribution ceiling) and D3IP with an untrained prior of the same architecture (what a
+deep-image-prior effect alone gives; brain phantoms only). Then the SR row (`d3ip_sr.py`): the SR demo's
+Diff-Ensembler with and without `--adapt d3ip`. The default sizes (one brain phantom) fit 20 minutes on 2 CPU
+cores; `--phantoms N` takes more of the demo's held-out phantoms. DDS and every D3IP variant
 share sampler, steps, gamma, CG steps, start and sampler seeds (the plans' dds section): they differ only by the
 adaptation. Each reconstruction runs through the prediction code (`prepare_recon_case`, the DDS / adapted
 reconstruction of a predictor loaded from the results folder), in-process, without writing files.
@@ -30,6 +33,8 @@ import torch
 from diffens_auto import paths
 from diffens_auto.atomic import atomic_write_json, atomic_write_text
 from diffens_auto.benchmarking.d3ip_report import ddip_time_per_slice, format_d3ip_table, memory_proof, summarise
+from diffens_auto.benchmarking.d3ip_sr import (SR_GROUP, SR_GROUP_NAME, SR_ROWS, run_sr_rows, sr_models_folder,
+                                               sr_references, sr_step_seconds)
 from diffens_auto.benchmarking.memory_tracker import PeakMemoryTracker
 from diffens_auto.demo import recon as demo
 from diffens_auto.demo.dataset import make_demo_dataset
@@ -48,7 +53,8 @@ from diffens_auto.networks import build_expert
 
 PHANTOMS, REAL, CONTROLS = "phantoms", "real", "ellipses"
 GROUP_NAMES = {PHANTOMS: "brain phantoms (out of distribution)", REAL: "nibabel's real T1 (out of distribution)",
-               CONTROLS: "ellipsoid phantoms (in distribution, the control)"}
+               CONTROLS: "ellipsoid phantoms (in distribution, the control)", SR_GROUP: SR_GROUP_NAME}
+RECON_GROUPS = (PHANTOMS, REAL, CONTROLS)
 UNTRAINED = "untrained"
 CONTROL_SEED_OFFSET = 2000
 
@@ -59,40 +65,45 @@ class D3IPBenchmarkError(DiffensError, ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """One row: zero-filled (adapt None), or DDS / a D3IP variant with the prior of a dataset id (or untrained)."""
+    """One row: zero-filled (adapt None), or DDS / a D3IP variant with the prior of a dataset id (or untrained);
+    `all_seeds`: every seed on the brain phantoms (one seed on the other groups)."""
 
     name: str
     adapt: str | None
     prior: int | str | None
     all_seeds: bool = False
+    groups: tuple = RECON_GROUPS
 
 
 METHODS = (Method("Zero-filled", None, None),
            Method("DDS, ellipsoid prior", "none", demo.ELLIPSES_ID, True),
            Method("D3IP, ellipsoid prior", "d3ip", demo.ELLIPSES_ID, True),
-           Method("D3IP-mbir, ellipsoid prior", "d3ip_mbir", demo.ELLIPSES_ID),
-           Method("D3IP-meta, ellipsoid prior", "d3ip_meta", demo.ELLIPSES_ID),
-           Method("DDIP, ellipsoid prior (a few slices)", "ddip", demo.ELLIPSES_ID),
+           Method("D3IP-mbir, ellipsoid prior", "d3ip_mbir", demo.ELLIPSES_ID, groups=(PHANTOMS,)),
+           Method("D3IP-meta, ellipsoid prior", "d3ip_meta", demo.ELLIPSES_ID, groups=(PHANTOMS,)),
+           Method("DDIP, ellipsoid prior (a few slices)", "ddip", demo.ELLIPSES_ID, groups=(PHANTOMS,)),
            Method("DDS, brain prior (in-distribution ceiling)", "none", demo.BRAIN_ID, True),
-           Method("D3IP, untrained prior", "d3ip", UNTRAINED))
+           Method("D3IP, untrained prior", "d3ip", UNTRAINED, groups=(PHANTOMS,)))
 
 
 @dataclass(frozen=True)
 class D3IPSettings:
     """Sizes of one run."""
 
-    num_phantoms: int = 2            # of the demo's held-out brain phantoms
+    num_phantoms: int = 1            # of the demo's held-out brain phantoms
     num_controls: int = 1            # held-out ellipsoid phantoms
     seeds: tuple = (0, 1, 2)
     steps: int = 50
     ddip_slices: int = 2             # per case, spread over the volume
+    ddip_timing_steps: int = 10      # DDIP's time on 1, 2, 4 slices (linear in the slices at any step count)
     adapt_overrides: dict = field(default_factory=dict)
     demo_setting: str = "full"
+    sr_ellipses: int = 1             # the SR row's ellipsoid phantoms (besides the real T1)
+    sr_steps: int = 20               # the SR demo's sampling steps
 
 
 FULL = D3IPSettings()
-QUICK = D3IPSettings(num_phantoms=1, num_controls=1, seeds=(0,), steps=3, ddip_slices=1,
-                     adapt_overrides={"steps": 1, "slices": 2}, demo_setting="smoke")
+QUICK = D3IPSettings(num_phantoms=1, num_controls=1, seeds=(0,), steps=3, ddip_slices=1, ddip_timing_steps=2,
+                     adapt_overrides={"steps": 1, "slices": 2}, demo_setting="smoke", sr_steps=2)
 
 
 def _models_folder(work: Path, models: Path | None, settings: D3IPSettings, device) -> Path:
@@ -225,50 +236,70 @@ def step_seconds(bundle: Path, settings: D3IPSettings, device) -> dict:
     return measured
 
 
+def runs_of(method: Method, groups: dict, settings: D3IPSettings) -> list[tuple[str, Path, int]]:
+    """(group, bundle, seed) of every reconstruction of a row."""
+    return [(group, bundle, seed) for group in method.groups for bundle in groups[group]
+            for seed in (settings.seeds if method.all_seeds and group == PHANTOMS else settings.seeds[:1])]
+
+
 def projected_seconds(groups: dict, settings: D3IPSettings, steps: dict) -> float:
-    """A rough total: every row's volumes x steps x the measured step time (mbir, meta as D3IP; DDIP its slices)."""
-    volumes = sum(len(b) for b in groups.values())
+    """A rough total: every row's volumes x steps x the measured step time (mbir, meta as D3IP; DDIP its slices),
+    plus the SR row's two predictions per case."""
     total = 0.0
     for method in METHODS:
         if method.adapt is None:
             continue
-        seeds = len(settings.seeds) if method.all_seeds else 1
         per_step = steps["none"] if method.adapt == "none" else steps["d3ip"]
         share = settings.ddip_slices / 48 if method.adapt == "ddip" else 1.0
-        total += seeds * volumes * settings.steps * per_step * share
-    return total
+        total += len(runs_of(method, groups, settings)) * settings.steps * per_step * share
+    total += settings.ddip_timing_steps * 7 / 48 * steps["d3ip"]            # DDIP on 1 + 2 + 4 slices
+    return total + (1 + settings.sr_ellipses) * settings.sr_steps * (steps["sr_none"] + steps["sr_d3ip"])
 
 
-def benchmark_d3ip(work_folder, models=None, *, quick: bool = False, device="cpu") -> dict:
+def benchmark_d3ip(work_folder, models=None, *, sr_models=None, quick: bool = False, phantoms: int | None = None,
+                   device="cpu") -> dict:
     """Run the benchmark in `work_folder` (module docstring); returns its results (also d3ip.json, d3ip_table.md)."""
     settings = QUICK if quick else FULL
+    if phantoms is not None:
+        if phantoms < 1:
+            raise D3IPBenchmarkError(f"--phantoms {phantoms}: give at least 1.")
+        settings = dataclasses.replace(settings, num_phantoms=int(phantoms))
     work = Path(work_folder).resolve()
     work.mkdir(parents=True, exist_ok=True)
     models = _models_folder(work, None if models is None else Path(models).resolve(), settings, device)
     groups = test_bundles(models, work, settings)
     steps = step_seconds(groups[PHANTOMS][0], settings, device)
+    sr_models = sr_models_folder(work, None if sr_models is None else Path(sr_models).resolve(),
+                                 settings.demo_setting, device)
+    sr_cases = sr_references(work, settings.demo_setting, settings.sr_ellipses)
+    steps.update(sr_step_seconds(sr_models, sr_cases, dict(settings.adapt_overrides), device))
+    paths.use_folders(models)
     projected = projected_seconds(groups, settings, steps)
-    print(f"[d3ip] a sampling step: DDS {steps['none']:.2f} s, D3IP {steps['d3ip']:.2f} s; projected total "
-          f"{projected / 60:.1f} min for {sum(len(b) for b in groups.values())} volumes", flush=True)
+    print(f"[d3ip] a sampling step: DDS {steps['none']:.2f} s, D3IP {steps['d3ip']:.2f} s; SR: Diff-Ensembler "
+          f"{steps['sr_none']:.2f} s, with D3IP {steps['sr_d3ip']:.2f} s; projected total {projected / 60:.1f} min "
+          f"for {sum(len(b) for b in groups.values())} recon volumes and {len(sr_cases)} SR inputs", flush=True)
     started = time.perf_counter()
     rows = []
     for method in METHODS:
-        seeds = settings.seeds if method.all_seeds else settings.seeds[:1]
-        for group, bundles in groups.items():
-            for bundle in bundles:
-                for seed in seeds:
-                    row = run_case(method, bundle, seed, settings, device)
-                    rows.append({"method": method.name, "group": group, **row})
+        for group, bundle, seed in runs_of(method, groups, settings):
+            rows.append({"method": method.name, "group": group, **run_case(method, bundle, seed, settings, device)})
         print(f"[d3ip] {method.name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     peaks = {method.name: probe_peak(method, groups[PHANTOMS][0], settings, device) for method in METHODS}
-    ddip, first = reconstruction_for(METHODS[5], 0, settings, device), groups[PHANTOMS][0]
+    ddip, first = reconstruction_for(METHODS[5], 0, settings, device, steps=settings.ddip_timing_steps), \
+        groups[PHANTOMS][0]
     case = prepare_recon_case(read_kspace_bundle(first), ddip.plans, demo.TASK, first.stem)
     adapted = ddip.adapted_runners(case)
     ddip_seconds = ddip_time_per_slice(ddip, case, adapted)
     proof = memory_proof(adapted[0], tuple(n for a, n in enumerate(case.shape) if a != case.slice_axis))
-    results = {"settings": {**dataclasses.asdict(settings), "device": str(device), "models": str(models)},
-               "groups": {group: [b.stem for b in bundles] for group, bundles in groups.items()},
-               "rows": rows, "summary": summarise(rows, METHODS, GROUP_NAMES), "peak_bytes": peaks,
+    rows += [{**row, "psnr_ddip_slices": None} for row in run_sr_rows(
+        sr_models, sr_cases, steps=settings.sr_steps, overrides=dict(settings.adapt_overrides), device=device)]
+    print(f"[d3ip] SR rows: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    sr_methods = [Method(name, None, None) for name in SR_ROWS]
+    results = {"settings": {**dataclasses.asdict(settings), "device": str(device), "models": str(models),
+                            "sr_models": str(sr_models)},
+               "groups": {**{group: [b.stem for b in bundles] for group, bundles in groups.items()},
+                          SR_GROUP: list(sr_cases)},
+               "rows": rows, "summary": summarise(rows, [*METHODS, *sr_methods], GROUP_NAMES), "peak_bytes": peaks,
                "step_seconds": steps, "projected_seconds": projected, "memory_proof": proof,
                "ddip_seconds": ddip_seconds,
                "total_seconds": round(time.perf_counter() - started, 1)}

@@ -37,6 +37,11 @@ def benchmark_entry() -> None:
     parser.add_argument("--models", default=None,
                         help="d3ip: the folder of a finished `diffens_demo --recon -o FOLDER` run (its priors and "
                              "bundles; default: run it in the work folder first)")
+    parser.add_argument("--sr_models", default=None,
+                        help="d3ip: the folder of a finished `diffens_demo -o FOLDER` run (the SR row's models; "
+                             "default: run it in the work folder first)")
+    parser.add_argument("--phantoms", type=int, default=None,
+                        help="d3ip: held-out brain phantoms (default 1, which fits 20 minutes on 2 CPU cores)")
     parser.add_argument("--quick", action="store_true", help="d3ip: the smoke-sized run (CI)")
     parser.add_argument("-o", default=None, help="also write the figures as JSON to this file")
     args = parser.parse_args()
@@ -106,7 +111,8 @@ def _d3ip(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or "diffens_benchmark_d3ip"
-    results = benchmark_d3ip(work, args.models, quick=args.quick, device=args.device)
+    results = benchmark_d3ip(work, args.models, sr_models=args.sr_models, quick=args.quick, phantoms=args.phantoms,
+                             device=args.device)
     print(Path(work, "d3ip_table.md").read_text(encoding="utf-8"))
     print(f"Table and figures: {work}/d3ip_table.md, d3ip.json ({results['total_seconds']:.0f} s)")
     if args.o:

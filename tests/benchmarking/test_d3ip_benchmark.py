@@ -2,8 +2,9 @@
 import pytest
 from tiny_plans import RECON_TASK, tiny_recon_plans
 
-from diffens_auto.benchmarking.d3ip import GROUP_NAMES, METHODS, D3IPBenchmarkError, benchmark_d3ip, \
+from diffens_auto.benchmarking.d3ip import GROUP_NAMES, METHODS, QUICK, D3IPBenchmarkError, benchmark_d3ip, \
     ddip_slice_indices
+from diffens_auto.benchmarking.d3ip_sr import SR_GROUP, SR_ROWS, sr_models_folder
 from diffens_auto.benchmarking.d3ip_report import format_d3ip_table, memory_proof, summarise
 from diffens_auto.diffusion.slicing import ExpertRunner
 from diffens_auto.networks import build_expert
@@ -49,10 +50,14 @@ def test_ddip_slices_are_spread_inside_the_volume():
     assert ddip_slice_indices(24, 1) == [12]
 
 
-def test_a_models_folder_without_the_recon_demo_is_refused_with_the_fix(tmp_path):
+def test_models_folders_without_the_demos_are_refused_with_the_fix(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(D3IPBenchmarkError, match="diffens_demo --recon -o FOLDER"):
-        benchmark_d3ip(tmp_path / "work", tmp_path / "models", quick=True)
+        benchmark_d3ip(tmp_path / "work", tmp_path / "models", sr_models=tmp_path / "models", quick=True)
+    with pytest.raises(D3IPBenchmarkError, match="--sr_models .*no trained sr task there.*diffens_demo -o FOLDER"):
+        sr_models_folder(tmp_path / "work", tmp_path / "models", "smoke", "cpu")
+    with pytest.raises(D3IPBenchmarkError, match="--phantoms 0"):
+        benchmark_d3ip(tmp_path / "work", tmp_path / "models", phantoms=0)
 
 
 def test_the_quick_run_fills_every_row_of_every_group(tmp_path, monkeypatch):
@@ -61,7 +66,11 @@ def test_the_quick_run_fills_every_row_of_every_group(tmp_path, monkeypatch):
     monkeypatch.setenv("diffens_n_proc_DA", "0")
     results = benchmark_d3ip(tmp_path, quick=True)
     rows = {(r["method"], r["group"]) for r in results["summary"]}
-    assert rows == {(m.name, g) for m in METHODS for g in GROUP_NAMES}
+    assert rows == {(m.name, g) for m in METHODS for g in m.groups} | {(name, SR_GROUP) for name in SR_ROWS}
+    seeds = {(r["method"], r["group"]): r["seeds"] for r in results["summary"]}
+    assert seeds[(METHODS[2].name, "phantoms")] == len(QUICK.seeds) and seeds[(METHODS[2].name, "real")] == 1
+    sr = {r["method"]: r for r in results["summary"] if r["group"] == SR_GROUP}
+    assert sr[SR_ROWS[2]]["cases"] == 1 + QUICK.sr_ellipses and sr[SR_ROWS[2]]["psnr"] is not None
     assert results["memory_proof"]["rest_spread"] < 0.10
     assert (tmp_path / "d3ip_table.md").is_file() and (tmp_path / "d3ip.json").is_file()
     ddip = next(r for r in results["summary"] if r["method"].startswith("DDIP") and r["group"] == "phantoms")
