@@ -64,8 +64,9 @@ class AdaptedSR:
         # plans made before the section existed get the values the planner writes now
         section = self.task_plans.get("adaptation", POOLED_ADAPTATION)
         sampling = predictor.sampling
-        gamma = section.get("dc_gamma", POOLED_ADAPTATION["dc_gamma"]) if sampling.dc_gamma is None else sampling.dc_gamma
-        steps = section.get("dc_steps", POOLED_ADAPTATION["dc_steps"]) if sampling.dc_steps is None else sampling.dc_steps
+        gamma, steps = sampling.dc_gamma, sampling.dc_steps
+        gamma = section.get("dc_gamma", POOLED_ADAPTATION["dc_gamma"]) if gamma is None else gamma
+        steps = section.get("dc_steps", POOLED_ADAPTATION["dc_steps"]) if steps is None else steps
         try:
             self.adaptation = AdaptationSettings.resolve(request.method, section, request.overrides, dc_gamma=gamma,
                                                          dc_steps=steps, task=model.task)

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dc_steps", type=int, default=None,
                         help="recon: CG steps of the data consistency per sampling step (default: the plans' "
                              "dds.cg_steps, 5)")
-    adapt = parser.add_argument_group("test-time adaptation (recon tasks; documentation/adaptation.md)")
+    adapt = parser.add_argument_group("test-time adaptation (recon and SR tasks; documentation/adaptation.md)")
     adapt.add_argument("--adapt", choices=("none", "d3ip", "d3ip_mbir", "d3ip_meta", "ddip"), default="none",
                        help="adapt the prior to each case during sampling: D3IP (one shared LoRA set on a few "
                             "slices), its TV-ADMM (mbir) or Reptile (meta) variants, or per-slice DDIP (default none)")
@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--lora_rank", type=int, default=None, help="rank of the LoRA set (plans: 4)")
     adapt.add_argument("--adapt_horizon", type=int, default=None,
                        help="zeta: adapt at timesteps zeta <= t <= T - zeta (plans: 40)")
-    adapt.add_argument("--tv_rho", type=float, default=None, help="d3ip_mbir: ADMM's rho (plans: 1e-3)")
-    adapt.add_argument("--tv_lambda", type=float, default=None, help="d3ip_mbir: TV weight (plans: 1e-5)")
+    adapt.add_argument("--tv_rho", type=float, default=None, help="d3ip_mbir: ADMM's rho (recon plans: 0.3)")
+    adapt.add_argument("--tv_lambda", type=float, default=None,
+                       help="d3ip_mbir: TV weight along the slice axis (recon plans: 0.03)")
     adapt.add_argument("--admm_steps", type=int, default=None, help="d3ip_mbir: ADMM passes (plans: 5)")
     adapt.add_argument("--meta_alpha", type=float, nargs=2, metavar=("START", "END"), default=None,
                        help="d3ip_meta: Reptile's alpha at the first and the last adapted step (plans: 1.0 0.5)")

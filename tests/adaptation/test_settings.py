@@ -16,7 +16,7 @@ def test_each_variant_takes_the_shared_values_then_its_own_then_the_flags():
     assert (base.slices, base.steps, base.lr, base.lora_rank, base.horizon) == (6, 10, 1e-4, 4, 40)
     assert (base.dc_gamma, base.dc_steps) == (5.0, 5)
     mbir = _resolve("d3ip_mbir", {"admm_steps": 3})
-    assert (mbir.steps, mbir.lr, mbir.tv_rho, mbir.tv_lambda, mbir.admm_steps) == (5, 1e-5, 1e-3, 1e-5, 3)
+    assert (mbir.steps, mbir.lr, mbir.tv_rho, mbir.tv_lambda, mbir.admm_steps) == (10, 1e-4, 0.3, 0.03, 3)
     meta = _resolve("d3ip_meta", {"meta_alpha": [0.9, 0.3], "lr": 2e-5})
     assert meta.meta_alpha == (0.9, 0.3) and meta.lr == 2e-5
     assert _resolve("ddip").slices == 1       # one slice, its own problem
