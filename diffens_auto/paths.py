@@ -9,12 +9,18 @@ PREPROCESSED_VARIABLE = "diffens_preprocessed"
 RESULTS_VARIABLE = "diffens_results"
 AUGMENTATION_WORKERS_VARIABLE = "diffens_n_proc_DA"   # like nnU-Net's nnUNet_n_proc_DA
 DEFAULT_AUGMENTATION_WORKERS = 2
+FORCE_AUTOCAST_VARIABLE = "diffens_force_autocast"    # run a bf16 plan's networks in bf16 on CPU / MPS too
+COMPILE_VARIABLE = "diffens_compile"                   # torch.compile the networks at prediction (nnUNet_compile)
 # what torchrun (torch.distributed.run) sets in each process it starts
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class PathNotSetError(DiffensError, RuntimeError):
     """Raised when a data folder is needed but its environment variable is not set."""
+
+
+class EnvironmentSettingError(DiffensError, ValueError):
+    """An environment variable of diffens_auto holds a value it cannot use."""
 
 
 def _folder_from_environment(variable: str, role: str) -> Path:
@@ -88,3 +94,24 @@ def use_folders(root: str | os.PathLike) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[variable] = str(folder)
     return folders
+
+
+def _switch(variable: str) -> bool:
+    """An on/off environment variable: unset, 0, false, no, off -> False; 1, true, t, yes, on -> True."""
+    value = os.environ.get(variable, "").strip().lower()
+    if value in ("", "0", "false", "f", "no", "off"):
+        return False
+    if value in ("1", "true", "t", "yes", "on"):
+        return True
+    raise EnvironmentSettingError(f"The environment variable '{variable}' is {value!r}; use 1 or 0 (e.g. "
+                                  f"`export {variable}=1`).")
+
+
+def force_autocast() -> bool:
+    """Whether `diffens_force_autocast` asks for the plans' half precision on CPU / MPS too (default: float32 there)."""
+    return _switch(FORCE_AUTOCAST_VARIABLE)
+
+
+def compile_networks() -> bool:
+    """Whether `diffens_compile` asks to torch.compile the networks at prediction (off by default)."""
+    return _switch(COMPILE_VARIABLE)

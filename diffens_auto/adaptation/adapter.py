@@ -52,6 +52,10 @@ class AdaptingDenoiser:
         self.denoiser, self.runners = denoiser, list(runners)
         self.problems = dict(problem) if isinstance(problem, Mapping) else {
             int(runner.slice_axis): problem for runner in self.runners}
+        missing = [runner.name for runner in self.runners if int(runner.slice_axis) not in self.problems]
+        if missing:
+            raise ValueError(f"AdaptingDenoiser: no measurement problem along the slice axis of {missing}; give "
+                             "one per slice axis of the adapted runners.")
         self.settings, self.schedule, self.prediction, self.frame = settings, schedule, prediction, frame
         adapted = [int(t) for t in timesteps if settings.in_horizon(int(t), schedule.num_train_steps)]
         self.positions = {t: i for i, t in enumerate(adapted)}
@@ -67,6 +71,9 @@ class AdaptingDenoiser:
         self.end()
         self.generator = torch.Generator().manual_seed(int(seed))
         for runner in self.runners:
+            # a compiled copy was traced without the LoRA set: the adapted expert runs as the module itself
+            if getattr(runner, "compiled", None) is not None:
+                runner.compiled = None
             self.states.append(LoRAState(runner.expert, self.settings.lora_rank, self.settings.lora_scale,
                                          self.generator, self.initial.get(runner.name)))
         self.losses = []

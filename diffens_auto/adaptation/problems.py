@@ -142,7 +142,7 @@ class PooledSlices(_PaddedSlices):
              tv: dict | None = None) -> torch.Tensor:
         """The adaptation loss on whole blocks: the misfit of the soft estimate of their target (or slab TV-ADMM)."""
         x0 = self.interior(self.to_target(x0_slab, indices))
-        operator, y = PooledOperator(self.factor, x0.shape[2:]), self.block_means(indices)
+        operator, y = PooledOperator(self.factor, x0.shape[2:]), self.block_means(indices).to(x0.dtype)
         if tv is None:
             estimate = cg_estimate(operator, x0, y, gamma, cg_steps)
         else:

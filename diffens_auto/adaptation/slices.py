@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from diffens_auto.errors import DiffensError
+
+
+class NothingToAdaptError(DiffensError, ValueError):
+    """A case too small along an expert's axis to draw one slice (or one whole block) from."""
+
 
 def draw_slices(start: int, stop: int, count: int, generator: torch.Generator, *, contiguous: bool = False,
                 block: int = 1) -> torch.Tensor:
@@ -18,7 +24,9 @@ def draw_slices(start: int, stop: int, count: int, generator: torch.Generator, *
         raise ValueError(f"The region [{start}, {stop}) does not hold whole blocks of {block} slices.")
     units = (stop - start) // block
     if units < 1:
-        raise ValueError(f"The region [{start}, {stop}) holds no slice to adapt on.")
+        raise NothingToAdaptError(f"The measured region [{start}, {stop}) along the expert's axis holds no "
+                                  f"{'whole block of ' + str(block) + ' slices' if block > 1 else 'slice'} to "
+                                  "adapt on. Fix: predict this case without --adapt.")
     count = min(int(count), units)
     if contiguous:
         first = int(torch.randint(units - count + 1, (1,), generator=generator))

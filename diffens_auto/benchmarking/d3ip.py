@@ -253,7 +253,8 @@ def projected_seconds(groups: dict, settings: D3IPSettings, steps: dict) -> floa
         share = settings.ddip_slices / 48 if method.adapt == "ddip" else 1.0
         total += len(runs_of(method, groups, settings)) * settings.steps * per_step * share
     total += settings.ddip_timing_steps * 7 / 48 * steps["d3ip"]            # DDIP on 1 + 2 + 4 slices
-    return total + (1 + settings.sr_ellipses) * settings.sr_steps * (steps["sr_none"] + steps["sr_d3ip"])
+    # the SR row predicts each input twice: without and with D3IP
+    return total + (1 + settings.sr_ellipses) * settings.sr_steps * (2 * steps["sr_none"] + steps["sr_d3ip"])
 
 
 def benchmark_d3ip(work_folder, models=None, *, sr_models=None, quick: bool = False, phantoms: int | None = None,

@@ -46,11 +46,12 @@ def sr_models_folder(work: Path, models: Path | None, setting: str, device) -> P
 
 
 def sr_references(work: Path, setting: str, num_ellipses: int) -> dict:
-    """{case: (reference array, props)}: the real T1 crop in whole blocks and `num_ellipses` ellipsoid phantoms
-    on the SR demo's grid at `setting`."""
+    """{case: (reference array, props)}: the real T1 crop in whole blocks of the demo's factor and `num_ellipses`
+    ellipsoid phantoms on the SR demo's grid at `setting`."""
     shape, spacing = sr_demo.SETTINGS[setting].shape, sr_demo.SETTINGS[setting].spacing
     real, props = read_image(real_scan_file())
-    block = [n - n % 2 for n in real.shape]
+    factor = sr_demo.SETTINGS[setting].sr_factor
+    block = [n - n % factor for n in real.shape]
     cases = {"real_t1": (np.maximum(real[:block[0], :block[1], :block[2]], 0).astype(np.float32),
                          {**props, "shape": block})}
     folder = work / "sr_ellipses"
@@ -87,16 +88,18 @@ def _predict(predictor, lowres, lowres_props, case: str) -> tuple[np.ndarray, fl
     return mean, time.perf_counter() - started
 
 
-def sr_step_seconds(models: Path, references: dict, overrides: dict, device) -> dict:
-    """Seconds of a Diff-Ensembler sampling step without and with D3IP (two-step predictions of the first case:
-    the second step, t near 500, is adapted)."""
-    predictors = _predictors(models, 2, overrides, device)
+def sr_step_seconds(models: Path, references: dict, overrides: dict, device, steps: int = 4) -> dict:
+    """Seconds of a Diff-Ensembler sampling step without D3IP, and what an adapted step adds (short predictions of
+    the first case, the extra time spread over the steps inside the adaptation's horizon)."""
+    predictors = _predictors(models, steps, overrides, device)
     case, (reference, props) = next(iter(references.items()))
-    lowres, lowres_props = degrade_image(reference, props, next(iter(predictors.values())).model.task_plans[
-        "degradation"])
+    adapted = predictors[SR_ROWS[2]]
+    lowres, lowres_props = degrade_image(reference, props, adapted.model.task_plans["degradation"])
     plain = _predict(predictors[SR_ROWS[1]], lowres, lowres_props, case)[1]
-    adapted = _predict(predictors[SR_ROWS[2]], lowres, lowres_props, case)[1]
-    return {"sr_none": plain / 2, "sr_d3ip": max(adapted - plain, 0.0)}
+    with_d3ip = _predict(adapted, lowres, lowres_props, case)[1]
+    settings, schedule = adapted.adapted.adaptation, adapted.sampler.schedule
+    inside = sum(settings.in_horizon(int(t), schedule.num_train_steps) for t in adapted.sampler.timesteps.tolist())
+    return {"sr_none": plain / steps, "sr_d3ip": max(with_d3ip - plain, 0.0) / max(inside, 1)}
 
 
 def run_sr_rows(models: Path, references: dict, *, steps: int, overrides: dict, device) -> list[dict]:

@@ -12,6 +12,8 @@ An expert's frame (`positions` below) is a (1 or B, 3 [+ 1], X, Y, Z) volume: th
 for experts planned with `mask_channels`, the condition's non-zero mask (`expert_frame`). A runner takes the
 channels its expert was planned with; the coordinates can be built from a volume's shape, the mask cannot.
 """
+import contextlib
+
 import torch
 
 POSITION_CHANNELS = 3   # public code: the three global coordinates (x, y, z)
@@ -80,6 +82,11 @@ def expert_frame(positions: torch.Tensor, mask: torch.Tensor | None = None) -> t
     return torch.cat([positions, mask.to(device=positions.device, dtype=positions.dtype)], dim=1)
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """A half-precision (autocast) output as float32; other dtypes as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def needs_frame(runner) -> bool:
     """Whether a runner's expert takes position or mask channels, i.e. needs an expert frame."""
     return bool(getattr(runner, "position_channels", 0) or getattr(runner, "mask_channels", 0))
@@ -117,6 +124,11 @@ class ExpertRunner:
         self.condition_indices = None if condition_indices is None else list(condition_indices)
         self.grad = grad
         self.name = name
+        # a fresh context per expert forward: the plans' precision (devices.autocast_for) or none
+        self.autocast = contextlib.nullcontext
+        # torch.compile(expert) for the whole-volume passes (paths.compile_networks); adaptation's passes, which
+        # need autograd through a LoRA set put into the expert, always run the module itself
+        self.compiled = None
 
     @classmethod
     def from_network(cls, expert, network: dict, slice_axis: int, slice_batch_size: int, **kwargs):
@@ -150,7 +162,9 @@ class ExpertRunner:
         idx = torch.as_tensor(slice_indices, dtype=torch.long)
         t = timesteps_for(t, batch, y_t.device)
         x = torch.cat([self._slice_input(y_t, condition, frame, b, idx) for b in range(batch)])
-        output, _ = self.expert(x, t.repeat_interleave(len(idx)))
+        with self.autocast():
+            output, _ = self.expert(x, t.repeat_interleave(len(idx)))
+        output = full_precision(output)
         return restack(output, self.slice_axis, batch)
 
     def _frame_channels(self, y_t, frame):
@@ -178,7 +192,10 @@ class ExpertRunner:
             pieces = self._pieces(rows, size)
             x = torch.cat([self._slice_input(y_t, condition, positions, b, idx) for b, idx in pieces])
             t_rows = torch.cat([t[b].expand(len(idx)) for b, idx in pieces])
-            eps, features = self.expert(x, t_rows)
+            with self.autocast():
+                network = self.expert if self.compiled is None else self.compiled
+                eps, features = network(x, t_rows)
+            eps = full_precision(eps)       # the sampler's arithmetic stays float32; features keep the planned dtype
             if eps_volume is None:
                 eps_volume = eps.new_empty((batch, eps.shape[1], *y_t.shape[2:]))
                 if want_features:

@@ -17,11 +17,12 @@ own grid (and no mask, which such experts refuse).
 Experts run without autograd (see `ExpertRunner`); `Learned` runs the ensembler under the caller's grad mode
 unless `grad=False` (the default), which switches autograd off for sampling.
 """
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from .slicing import ExpertRunner, needs_frame, position_channels, timesteps_for
+from .slicing import ExpertRunner, full_precision, needs_frame, position_channels, timesteps_for
 from .sliding_window import sliding_window
 
 EXPERT_CONFIGURATIONS = ("2d_axial", "2d_coronal", "2d_sagittal")
@@ -155,6 +156,8 @@ class Learned:
             want_features = bool(getattr(ensembler, "feature_injection", None))
         self.want_features = want_features
         self.grad = grad
+        self.autocast = contextlib.nullcontext      # the plans' precision (devices.autocast_for) or none
+        self.compiled = None                        # torch.compile(ensembler) (paths.compile_networks)
 
     def __call__(self, y_t, condition, t, positions=None):
         """Experts on every slice of the volume, then the ensembler (Eq. 5 input, Eq. 6 output): eps (B, 1, X, Y, Z)."""
@@ -165,7 +168,10 @@ class Learned:
                 eps_list.append(eps)
                 features[name] = feature_maps
             t_batch = timesteps_for(t, y_t.shape[0], y_t.device)
-            return self.ensembler(condition, y_t, eps_list, t_batch, features if self.want_features else None)
+            with self.autocast():
+                ensembler = self.ensembler if self.compiled is None else self.compiled
+                output = ensembler(condition, y_t, eps_list, t_batch, features if self.want_features else None)
+            return full_precision(output)
 
     def reset(self):
         """Nothing to reset (stateless)."""

@@ -65,6 +65,10 @@ class AdaptedSR:
         section = self.task_plans.get("adaptation", POOLED_ADAPTATION)
         sampling = predictor.sampling
         gamma, steps = sampling.dc_gamma, sampling.dc_steps
+        if steps is not None and request.method != "d3ip_mbir":
+            raise PredictionSetupError(f"--dc_steps: --adapt {request.method} on an SR task solves its soft estimate "
+                                       "exactly (no CG steps); only d3ip_mbir's TV-ADMM takes them. Fix: leave "
+                                       "--dc_steps out.")
         gamma = section.get("dc_gamma", POOLED_ADAPTATION["dc_gamma"]) if gamma is None else gamma
         steps = section.get("dc_steps", POOLED_ADAPTATION["dc_steps"]) if steps is None else steps
         try:

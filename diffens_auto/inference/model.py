@@ -10,6 +10,7 @@ its checkpoint records, else the model is refused (the fused experts would not b
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from diffens_auto import paths
 from diffens_auto.dataset.dataset_json import DatasetSpec
 from diffens_auto.dataset.naming import resolve_dataset_name
+from diffens_auto.devices import autocast_for
 from diffens_auto.diffusion.slicing import ExpertRunner
 from diffens_auto.diffusion.strategies import Windowed, build_strategy
 from diffens_auto.errors import DiffensError
@@ -198,12 +200,30 @@ def _record(role: str, name: str, path: Path, sha256: str | None = None) -> dict
     return {"role": role, "name": name, "path": str(path), "sha256": sha256 or file_sha256(path)}
 
 
+def _set_precision(network, precision, compile_networks: bool = False) -> None:
+    """Give a runner or strategy (and what it wraps: a window's strategy, a converted runner) the precision and,
+    with `compile_networks`, a torch.compile'd copy of its network."""
+    if hasattr(network, "autocast"):
+        network.autocast = precision
+    module = getattr(network, "expert", None) or getattr(network, "ensembler", None)
+    if compile_networks and hasattr(network, "compiled") and module is not None:
+        network.compiled = torch.compile(module)
+    for inner in ("strategy", "runner"):
+        if getattr(network, inner, None) is not None:
+            _set_precision(getattr(network, inner), precision, compile_networks)
+
+
 def _trained_model(request: LoadRequest, plans: dict, spec_configuration: str, strategy, runners: dict, *,
                    records: list, ensembler: torch.nn.Module | None = None) -> TrainedModel:
     """A TrainedModel of the request's location with the dataset.json of `spec_configuration`'s model folder."""
     location = request.location
     spec = load_model_dataset_json(location.with_configuration(spec_configuration).model_folder,
                                    location.dataset_name)
+    # the networks run in the plans' precision on this device (devices.autocast_for); everything else in float32
+    precision = functools.partial(autocast_for, plans.get("dtype"), request.device, force=paths.force_autocast())
+    compile_networks = paths.compile_networks()
+    for network in [*runners.values(), strategy]:
+        _set_precision(network, precision, compile_networks)
     return TrainedModel(location.dataset_name, location.plans_name, plans, spec, location.task,
                         location.configuration, location.fold, strategy, runners, ensembler, records)
 

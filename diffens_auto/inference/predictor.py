@@ -118,6 +118,7 @@ class DiffensPredictor:
 
     def use_model(self, model: TrainedModel) -> "DiffensPredictor":
         """Use an already loaded model (validation after training loads its own)."""
+        self.adapted = None
         if is_kspace(model.task_plans.get("degradation")):
             from diffens_auto.inference.recon_prediction import recon_sampler
             self.model, self.sampler = model, recon_sampler(model.plans, model.task, self.sampling)
@@ -141,7 +142,6 @@ class DiffensPredictor:
                                        "correct --start_timestep / --steps (or the plans' diffusion section).") from None
         if self.sampling.consistency is None:
             self.consistency = bool(diffusion.get("consistency_projection", True))
-        self.adapted = None
         if self.adaptation.active:
             from diffens_auto.inference.adapted_sr import AdaptedSR
             self.adapted = AdaptedSR(self, self.adaptation)

@@ -49,7 +49,7 @@ from diffens_auto.preprocessing.normalization import zero_filled_params
 BUNDLE_ENDING, OUTPUT_ENDING = ".npz", ".nii.gz"
 ZERO_FILLED = "zero_filled"
 # what must match for --continue_prediction to keep earlier recon outputs
-RECON_RESUME_KEYS = RESUME_KEYS + ("dc_gamma", "dc_steps", "adaptation")
+RECON_RESUME_KEYS = RESUME_KEYS + ("dc_gamma", "dc_steps")     # RESUME_KEYS holds "adaptation"
 # D3IP's loop clips x̂0 before the data consistency: the objects are non-negative magnitudes, and with eps-prediction
 # the large-t estimates swing far below 0, which |x| turns into bright speckle; no upper bound, since a real scan's
 # brightest voxels reach 2.4 s while phantoms stay near 1.1 s

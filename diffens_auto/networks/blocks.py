@@ -89,18 +89,26 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+ATTENTION_BACKENDS = ("materialised", "sdpa")
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over all positions: GN, 1x1 qkv, softmax(q k^T / sqrt(d)) v, 1x1 proj, residual.
 
-    Heads = max(1, C // num_head_channels). The scores are materialised (guided-diffusion style), which is
-    what the memory model counts; the projection starts at zero so a fresh block is the identity.
+    Heads = max(1, C // num_head_channels). `attention` "materialised" keeps the score matrix (guided-diffusion
+    style, what plans made before the switch run and their memory model counts); "sdpa" is torch's
+    scaled_dot_product_attention (fused kernels, no T x T scores on CUDA and on the CPU's flash path). The same
+    weights, the same function. The projection starts at zero so a fresh block is the identity.
     """
 
-    def __init__(self, channels: int, norm_num_groups: int, num_head_channels: int):
+    def __init__(self, channels: int, norm_num_groups: int, num_head_channels: int, attention: str = "materialised"):
         super().__init__()
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention {attention!r}: use one of {', '.join(ATTENTION_BACKENDS)}.")
         self.heads = max(1, channels // num_head_channels)
         if channels % self.heads:
             raise ValueError(f"{channels} channels do not split into {self.heads} attention heads.")
+        self.attention = attention
         self.norm = nn.GroupNorm(norm_num_groups, channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = zero_(nn.Conv1d(channels, channels, 1))
@@ -112,11 +120,18 @@ class AttentionBlock(nn.Module):
         head_channels = c // self.heads
         qkv = self.qkv(self.norm(tokens)).reshape(b * self.heads, 3 * head_channels, -1)
         q, k, v = qkv.split(head_channels, dim=1)
-        # scaling q and k by d^-1/4 each (rather than the product by d^-1/2) keeps float16 scores in range
-        scale = head_channels ** -0.25
-        scores = torch.matmul((q * scale).transpose(1, 2), k * scale)           # (B h, T, T)
-        weights = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
-        attended = torch.matmul(v, weights.transpose(1, 2))                      # (B h, d, T)
+        if self.attention == "sdpa":
+            # contiguous (B, h, T, d): the layout the fused kernels take (a 3D or strided call falls back to the
+            # score matrix on CPU)
+            q, k, v = (part.reshape(b, self.heads, head_channels, -1).transpose(-1, -2).contiguous()
+                       for part in (q, k, v))
+            attended = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2)         # (B, h, d, T)
+        else:
+            # scaling q and k by d^-1/4 each (rather than the product by d^-1/2) keeps float16 scores in range
+            scale = head_channels ** -0.25
+            scores = torch.matmul((q * scale).transpose(1, 2), k * scale)           # (B h, T, T)
+            weights = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+            attended = torch.matmul(v, weights.transpose(1, 2))                      # (B h, d, T)
         return x + self.proj(attended.reshape(b, c, -1)).reshape(b, c, *spatial)
 
 

@@ -17,7 +17,7 @@ from .blocks import AttentionBlock, Downsample, OutputHead, ResBlock, TimeEmbedd
 REQUIRED_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "num_res_blocks", "time_embed_dim",
                  "norm_num_groups")
 OPTIONAL_KEYS = ("kernel_size", "dropout", "attention_levels", "num_head_channels", "mid_attention",
-                 "gradient_checkpointing", "zero_init_output")
+                 "gradient_checkpointing", "zero_init_output", "attention")
 # the planner (planning/topology.py) and training/experts.py write these as a label (architecture) or for other
 # readers (build_expert, Ensembler, ExpertRunner, the data loaders, the memory model); no layer depends on them
 INFORMATIONAL_KEYS = ("architecture", "context_slices", "position_channels", "mask_channels", "returns_features",
@@ -76,6 +76,8 @@ class DiffusionUNet(nn.Module):
         gradient_checkpointing: recompute every ResBlock and attention block in backward (training mode with
             autograd on only), trading compute for activation memory.
         zero_init_output: start the output conv at zero, so a fresh network outputs zeros.
+        attention: "materialised" (the score matrix, the default: plans without the key) or "sdpa" (torch's
+            scaled_dot_product_attention); the same weights compute the same function either way.
 
     forward(x, t, injected) returns (out, features): features[l] is level l's last encoder block output
     (after its attention) before downsampling; injected[l], when given, is added there first (this class checks
@@ -85,7 +87,8 @@ class DiffusionUNet(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, channels: Sequence[int],
                  num_res_blocks: int, *, time_embed_dim: int, norm_num_groups: int, kernel_size: int = 3,
                  dropout: float = 0.0, attention_levels: Sequence[int] = (), num_head_channels: int | None = None,
-                 mid_attention: bool = False, gradient_checkpointing: bool = False, zero_init_output: bool = False):
+                 mid_attention: bool = False, gradient_checkpointing: bool = False, zero_init_output: bool = False,
+                 attention: str = "materialised"):
         super().__init__()
         if num_res_blocks < 1:
             raise ValueError("num_res_blocks must be at least 1 (features are taken after a level's last block).")
@@ -102,7 +105,8 @@ class DiffusionUNet(nn.Module):
             return ResBlock(dims, ci, co, emb, groups, dropout=dropout, kernel_size=kernel)
 
         def attn(c, level):
-            return [AttentionBlock(c, groups, head_channels) for _ in range(nrb)] if level in attention_levels else None
+            return ([AttentionBlock(c, groups, head_channels, attention) for _ in range(nrb)]
+                    if level in attention_levels else None)
 
         # Modules are created in a fixed order (the seeded initialisation depends on it) under fixed names
         # (the state-dict keys checkpoints are saved with); change neither.
@@ -120,7 +124,7 @@ class DiffusionUNet(nn.Module):
             if downsample is not None:
                 skips.append(ch)
             self.encoder.append(EncoderLevel(blocks, attn(cl, level), downsample))
-        middle_attention = AttentionBlock(ch, groups, head_channels) if mid_attention else None
+        middle_attention = AttentionBlock(ch, groups, head_channels, attention) if mid_attention else None
         self.middle = MiddleBlock(res(ch, ch), middle_attention, res(ch, ch))
         self.decoder = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
@@ -128,7 +132,7 @@ class DiffusionUNet(nn.Module):
             for _ in range(nrb + 1):
                 blocks.append(res(ch + skips.pop(), channels[level]))
                 ch = channels[level]
-            attentions = ([AttentionBlock(ch, groups, head_channels) for _ in range(nrb + 1)]
+            attentions = ([AttentionBlock(ch, groups, head_channels, attention) for _ in range(nrb + 1)]
                           if level in attention_levels else None)
             upsample = Upsample(dims, ch, kernel) if level > 0 else None
             self.decoder.append(DecoderLevel(blocks, attentions, upsample))

@@ -167,15 +167,25 @@ def _saved_per_voxel(layer: Layer, network: dict, a: int) -> float:
             saved += ci * a                             # 1x1 skip conv keeps a low-precision copy of x
         return saved
     if layer.kind == "attention":
-        # GN input, qkv-conv input, qkv output, scaled q and k, proj-conv input
-        return ci * NORM_BYTES + ci * a + 3 * ci * a + 2 * ci * a + ci * a
+        # GN input, qkv-conv input, qkv output (sdpa: its contiguous q, k, v), scaled q and k (materialised) or the
+        # fused kernel's output (sdpa), proj-conv input
+        own = ci * a if _fused(network) else 2 * ci * a
+        return ci * NORM_BYTES + ci * a + 3 * ci * a + own + ci * a
     if layer.kind == "output":
         return ci * (2 * NORM_BYTES + a) + 2 * co * NORM_BYTES   # GN, SiLU, conv; the MSE loss keeps output+target
     raise ValueError(f"unknown layer kind {layer.kind}")
 
 
+def _fused(network: dict) -> bool:
+    """Whether the network's attention is scaled_dot_product_attention (no score matrix)."""
+    return network.get("attention", "materialised") == "sdpa"
+
+
 def _attention_scores(layer: Layer, network: dict, tokens: int, a: int, saved: bool) -> float:
-    """Bytes of one sample's attention scores (tokens^2 x heads): kept for backward, or peak in a forward."""
+    """Bytes of one sample's attention scores (tokens^2 x heads): kept for backward, or peak in a forward; fused
+    attention keeps one float32 log-sum-exp per token and head for backward and tiles of scores in a forward."""
+    if _fused(network):
+        return tokens * _heads(network, layer.in_channels) * NORM_BYTES if saved else 0.0
     per_score = NORM_BYTES + (a if a != NORM_BYTES else 0)  # float32 softmax output + its cast for the matmul
     if not saved:
         per_score = a + NORM_BYTES + (NORM_BYTES if a != NORM_BYTES else 0)  # pre-softmax, float copy, softmax
@@ -248,7 +258,9 @@ def _forward_transient(layer: Layer, network: dict, shape, a: int) -> float:
         # the float32 SiLU output, conv output and the residual sum
         return max(ci * (2 * a + 2 * NORM_BYTES), ci * a + co * (2 * a + NORM_BYTES)) * n_in
     if layer.kind == "attention":
-        return (ci * a + 3 * ci * a + ci * NORM_BYTES) * n_in + _attention_scores(layer, network, n_in, a, saved=False)
+        fused = 4 * ci * a if _fused(network) else 0      # the contiguous q, k, v and the kernel's output
+        return ((ci * a + 3 * ci * a + ci * NORM_BYTES + fused) * n_in
+                + _attention_scores(layer, network, n_in, a, saved=False))
     if layer.kind == "downsample":
         return ci * a * n_in + co * a * n_out
     if layer.kind == "upsample":

@@ -31,10 +31,11 @@ DDS_SAMPLING = {"sampler": "ddim", "eta": 0.85, "eta_convention": "dds", "timest
 # rank 4 (scale 1), K = 6 slices per optimiser step, adapted for 40 <= t <= T - 40, AdamW's weight decay 0.01; steps
 # and learning rate per variant, TV-ADMM's rho / lambda / passes for mbir, Reptile's alpha 1.0 -> 0.5 for meta;
 # gamma and CG steps are the dds section's, so DDS and D3IP differ by the adaptation alone. mbir and meta differ
-# from Tab. 5 by measurement (documentation/benchmarks.md, "D3IP-mbir's settings"): Tab. 5's lr 1e-5 barely adapts
-# here (meta 29.24 -> 30.37 dB at 1e-4), and its TV weight (lambda 1e-5, rho 1e-3, for its own intensity scale) is
-# negligible on this project's normalised intensities: lambda 3e-2, rho 3e-1 gave 33.5 dB on a held-out brain phantom
-# against d3ip's 31.1 (30.6 with Tab. 5's TV), chosen on one phantom and checked on another, the real T1, the control
+# from Tab. 5 by measurement (documentation/benchmarks.md, "D3IP-mbir's and D3IP-meta's settings"): Tab. 5's
+# lr 1e-5 barely adapts here (meta 29.24 -> 30.37 dB at 1e-4), and its TV weight (lambda 1e-5, rho 1e-3) is
+# negligible on this project's normalised intensities: lambda 3e-2, rho 3e-1 gave 33.4 dB on a held-out brain
+# phantom against d3ip's 31.1 (30.6 with Tab. 5's TV), chosen on that phantom and checked on another (33.5 against
+# 31.1), on the real T1 and on the control
 KSPACE_ADAPTATION = {"lora_rank": 4, "lora_scale": 1.0, "slices": 6, "horizon": 40, "weight_decay": 0.01,
                      "d3ip": {"steps": 10, "lr": 1e-4},
                      "d3ip_mbir": {"steps": 10, "lr": 1e-4, "tv_rho": 3e-1, "tv_lambda": 3e-2, "admm_steps": 5},

@@ -105,6 +105,7 @@ def _unet(preset: Preset, spatial_dims: int, channels: list[int], attention: lis
         "attention_levels": attention,
         "mid_attention": (len(channels) - 1) in attention,
         "num_head_channels": preset.num_head_channels,
+        "attention": "sdpa",        # torch's fused attention (plans without the key keep the score matrix)
         "time_embed_dim": preset.time_embed_multiplier * channels[0],
         "dropout": dropout,
         "norm_num_groups": norm_groups(channels, preset.norm_num_groups),

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--adapt", choices=("none", "d3ip", "d3ip_mbir", "d3ip_meta", "ddip"), default="none",
                        help="adapt the prior to each case during sampling: D3IP (one shared LoRA set on a few "
                             "slices), its TV-ADMM (mbir) or Reptile (meta) variants, or per-slice DDIP (default none)")
-    adapt.add_argument("--adapt_slices", type=int, default=None, help="K: slices per optimiser step (plans: 6)")
+    adapt.add_argument("--adapt_slices", type=int, default=None, help="K: slices per optimiser step (plans: 6; SR: whole blocks of slices, 4)")
     adapt.add_argument("--adapt_steps", type=int, default=None, help="L: optimiser steps per adapted timestep")
     adapt.add_argument("--adapt_lr", type=float, default=None, help="AdamW's learning rate of the LoRA set")
     adapt.add_argument("--lora_rank", type=int, default=None, help="rank of the LoRA set (plans: 4)")

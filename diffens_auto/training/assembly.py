@@ -137,4 +137,4 @@ def build_trainer(run: RunSpec, options: TrainingOptions = TrainingOptions(), *,
                    optimizer=str(training.get("optimizer", "adam")),
                    weight_decay=float(training.get("weight_decay", 0.0)), metadata=metadata, device=device,
                    seed=options.seed, rank=rank, world_size=world_size, echo=options.echo, on_resume=on_resume,
-                   prediction=run.plans["tasks"][run.task].get("prediction", "epsilon"))
+                   prediction=run.plans["tasks"][run.task].get("prediction", "epsilon"), dtype=run.plans.get("dtype"))

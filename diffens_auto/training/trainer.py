@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffens_auto import paths
+from diffens_auto.devices import autocast_for
 from diffens_auto.diffusion import NoiseSchedule
 from diffens_auto.diffusion.prediction import check_prediction, training_target
 from diffens_auto.model_folder import checkpoints as ckpt
@@ -67,8 +69,11 @@ class Trainer:
                  *, output_folder: str | Path, lr: float, ema_decay: float, optimizer: str = "adam",
                  weight_decay: float = 0.0, metadata: dict | None = None,
                  device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1, echo: bool = True,
-                 on_resume: Callable[[dict], None] | None = None, prediction: str = "epsilon"):
+                 on_resume: Callable[[dict], None] | None = None, prediction: str = "epsilon",
+                 dtype: str | None = None):
+        """`dtype`: the plans' activation dtype, which the forward passes autocast to where devices.autocast_for says."""
         self.device = torch.device(device)
+        self.dtype = dtype
         self.model = model
         self.objective = objective
         self.noise_schedule = noise_schedule
@@ -93,8 +98,7 @@ class Trainer:
         return t.to(self.device), noise.to(self.device, y0.dtype)
 
     def _autocast(self):
-        # bf16 autocast on CUDA only; CPU and MPS train in float32
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return autocast_for(self.dtype, self.device, force=paths.force_autocast())
 
     def loss(self, model, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """MSE(output, eps or v) for y_t = q_sample(y0, t, eps) (DDPM Eq. 14, 'simple' loss)."""

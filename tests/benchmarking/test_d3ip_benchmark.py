@@ -2,8 +2,8 @@
 import pytest
 from tiny_plans import RECON_TASK, tiny_recon_plans
 
-from diffens_auto.benchmarking.d3ip import GROUP_NAMES, METHODS, QUICK, D3IPBenchmarkError, benchmark_d3ip, \
-    ddip_slice_indices
+from diffens_auto.benchmarking.d3ip import FULL, GROUP_NAMES, METHODS, QUICK, D3IPBenchmarkError, benchmark_d3ip, \
+    ddip_slice_indices, runs_of
 from diffens_auto.benchmarking.d3ip_sr import SR_GROUP, SR_ROWS, sr_models_folder
 from diffens_auto.benchmarking.d3ip_report import format_d3ip_table, memory_proof, summarise
 from diffens_auto.diffusion.slicing import ExpertRunner
@@ -43,6 +43,14 @@ def test_the_adaptation_memory_proof_is_flat_for_a_real_expert():
     proof = memory_proof(runner, (16, 16), slices=4, steps=1)
     assert sorted(proof["slices"]) == [12, 24, 48] and proof["rest_spread"] < 0.10
     assert all(entry["peak_bytes"] > entry["volume_buffer_bytes"] for entry in proof["slices"].values())
+
+
+def test_three_seeds_run_on_the_brain_phantoms_only_and_the_other_variants_there_alone():
+    groups = {"phantoms": ["p0", "p1"], "real": ["r"], "ellipses": ["e"]}
+    d3ip = runs_of(METHODS[2], groups, FULL)
+    assert sorted(d3ip) == sorted([("phantoms", p, s) for p in ("p0", "p1") for s in (0, 1, 2)]
+                                  + [("real", "r", 0), ("ellipses", "e", 0)])
+    assert runs_of(METHODS[3], groups, FULL) == [("phantoms", "p0", 0), ("phantoms", "p1", 0)]     # mbir
 
 
 def test_ddip_slices_are_spread_inside_the_volume():

@@ -14,7 +14,8 @@ from diffens_auto.inference.adapted_recon import LORA_FORMAT
 from diffens_auto.inference.model import PredictionSetupError
 from diffens_auto.inference.predictor import DiffensPredictor
 from diffens_auto.inference.sampling_settings import AdaptationRequest
-from diffens_auto.operators import avgpool_downsample
+from diffens_auto.inference import adapted_sr
+from diffens_auto.operators import AvgPoolSR, avgpool_downsample
 
 QUICK = {"steps": 1, "slices": 1}
 FACTOR = 4      # the demo's sr task
@@ -44,10 +45,19 @@ def _pools_back(output_path, input_path):
 @pytest.mark.parametrize("method, configuration", [("d3ip", "3d_ensembler"), ("d3ip_meta", "tpdm"),
                                                    ("d3ip_mbir", "average"), ("ddip", "2d_axial")])
 def test_every_variant_keeps_the_input_and_records_which_experts_adapted(
-        trained_demo_folders, lowres_folder, tmp_path, method, configuration):
+        trained_demo_folders, lowres_folder, tmp_path, monkeypatch, method, configuration):
+    sampled, finish = [], adapted_sr.finish_case
+
+    def recording(target_pp, case, *args):
+        sampled.append((target_pp, case))
+        return finish(target_pp, case, *args)
+    monkeypatch.setattr(adapted_sr, "finish_case", recording)
     overrides = {"steps": 1} if method == "ddip" else QUICK
     summary = _predictor(method, overrides, configuration).predict_from_files(lowres_folder, tmp_path)
     assert (summary["done"], summary["failed"]) == (2, 0), summary
+    for target_pp, case in sampled:     # the sampler's own last step keeps the measurement, before finish_case
+        pooled = AvgPoolSR(FACTOR).A(torch.from_numpy(target_pp)[None, None].double())
+        assert torch.allclose(pooled.float(), case.measurement.float(), atol=1e-4 * float(case.measurement.abs().max()))
     for case in ("case_a", "case_b"):
         assert _pools_back(tmp_path / f"{case}.nii.gz", lowres_folder / f"{case}_0003.nii.gz")
     adaptation = json.loads((tmp_path / "prediction_settings.json").read_text())["adaptation"]
@@ -84,15 +94,16 @@ def test_each_expert_trains_on_whole_blocks_of_its_own_axis(trained_demo_folders
     loss = PooledSlices.loss
 
     def recording(self, x0, indices, **kwargs):
-        seen.append((self.slice_axis, indices.tolist(), x0.shape[2 + self.slice_axis]))
+        seen.append((self.slice_axis, indices.tolist(), x0.shape[2 + self.slice_axis], self.pads[self.slice_axis][0]))
         return loss(self, x0, indices, **kwargs)
     monkeypatch.setattr(PooledSlices, "loss", recording)
     _predictor("d3ip", {"steps": 1, "slices": 2}).predict_from_files(lowres_folder, tmp_path)
-    assert {axis for axis, _, _ in seen} == {0, 2}            # sagittal and axial experts
-    for axis, indices, size in seen:
+    assert {axis for axis, _, _, _ in seen} == {0, 2}            # sagittal and axial experts
+    for axis, indices, size, before in seen:
         assert size == len(indices) == 2 * FACTOR
         blocks = np.reshape(indices, (-1, FACTOR))
-        assert (np.diff(blocks, axis=1) == 1).all() and len({int(b) % FACTOR for b in blocks[:, 0]}) == 1
+        # whole blocks of the measurement: each starts a block of the unpadded grid
+        assert (np.diff(blocks, axis=1) == 1).all() and all((int(b) - before) % FACTOR == 0 for b in blocks[:, 0])
 
 
 def test_saved_lora_weights_resume_and_refuse_other_settings(trained_demo_folders, lowres_folder, tmp_path):
@@ -103,6 +114,8 @@ def test_saved_lora_weights_resume_and_refuse_other_settings(trained_demo_folder
     lora = tmp_path / "first" / "case_a_lora.pth"
     summary = _predictor(lora=lora).predict_from_files(lowres_folder, tmp_path / "second")
     assert summary["done"] == 2
+    fresh, follow_up = (read_image(tmp_path / f / "case_a.nii.gz")[0] for f in ("first", "second"))
+    assert not np.array_equal(fresh, follow_up)         # it started from the saved set, not a fresh one
     summary = _predictor(save_adapted=True).predict_from_files(lowres_folder, tmp_path / "first",
                                                                continue_prediction=True)
     assert [row["status"] for row in summary["cases"]] == ["skipped", "skipped"]
@@ -134,6 +147,9 @@ def test_requests_that_cannot_adapt_are_refused(trained_demo_folders, lowres_fol
         _predictor("ddip", {"steps": 1})
     with pytest.raises(PredictionSetupError, match="--tv_rho: not used by --adapt d3ip"):
         _predictor(overrides={"tv_rho": 0.1})
+    with pytest.raises(PredictionSetupError, match="--dc_steps: --adapt d3ip on an SR task"):
+        DiffensPredictor(progress=False, dc_steps=3, adaptation=AdaptationRequest("d3ip", QUICK)
+                         ).initialize_from_trained_model(900, "sr", "2d_axial")
     with pytest.raises(PredictionSetupError, match="--dc_gamma / --dc_steps"):
         DiffensPredictor(progress=False, dc_gamma=2.0).initialize_from_trained_model(900, "sr", "2d_axial")
     gamma = DiffensPredictor(progress=False, dc_gamma=2.0, adaptation=AdaptationRequest("d3ip", QUICK))

@@ -259,3 +259,29 @@ def test_checkpointing_is_off_in_eval_mode():
     plain_saved, _ = _saved_bytes(DiffusionUNet.from_plans(make_network()).eval(), torch.randn(1, 3, 8, 8),
                                   torch.tensor([1]))
     assert saved == plain_saved
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (12, 10)), (3, (8, 6, 6))])
+def test_fused_attention_computes_what_the_score_matrix_does(spatial_dims, shape, randomize):
+    network = make_network(spatial_dims=spatial_dims, attention_levels=[1], mid_attention=True)
+    torch.manual_seed(0)
+    plain = randomize(DiffusionUNet.from_plans(network))
+    fused = DiffusionUNet.from_plans({**network, "attention": "sdpa"})
+    fused.load_state_dict(plain.state_dict())       # the same weights: the switch is not in the state dict
+    x, t = torch.randn(2, network["in_channels"], *shape), torch.tensor([3, 700])
+    out_plain, out_fused = plain(x, t)[0], fused(x, t)[0]
+    assert torch.allclose(out_plain, out_fused, atol=1e-5, rtol=1e-4)
+    out_plain.square().mean().backward()
+    out_fused.square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-3), name
+    with pytest.raises(ValueError, match="attention 'flash'"):
+        DiffusionUNet.from_plans({**network, "attention": "flash"})
+
+
+def test_new_plans_use_fused_attention_and_old_ones_keep_the_score_matrix(tiny_plans):
+    for configuration in tiny_plans["configurations"].values():
+        assert configuration["network"]["attention"] == "sdpa"
+    old = {k: v for k, v in make_network(attention_levels=[1]).items() if k != "attention"}
+    blocks = [m for m in DiffusionUNet.from_plans(old).modules() if hasattr(m, "heads")]
+    assert blocks and all(block.attention == "materialised" for block in blocks)

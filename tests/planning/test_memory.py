@@ -295,3 +295,26 @@ def test_estimate_total_is_the_sum_of_its_parts_and_includes_workspace():
 def test_unknown_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="bfloat16"):
         estimate_training_memory(_expert_configuration(), "int8")
+
+
+class _ProjectUNet(nn.Module):
+    """The project's own U-Net with the memory test's (x, t) -> out call."""
+
+    def __init__(self, network):
+        super().__init__()
+        from diffens_auto.networks.unet import DiffusionUNet
+        self.net = DiffusionUNet.from_plans(network)
+
+    def forward(self, x, t):
+        return self.net(x, t)[0]
+
+
+@pytest.mark.parametrize("network", NETWORKS[:2])
+def test_fused_attention_saves_what_the_model_says_and_no_score_matrix(network):
+    torch.manual_seed(0)
+    fused = {**network, "attention": "sdpa"}
+    measured = measured_saved_bytes(_ProjectUNet(fused), fused, (32, 24), 2)
+    saved, _ = training_activations(fused, (32, 24), 2, "float32")
+    assert saved == pytest.approx(measured, rel=0.03)
+    assert saved < training_activations(network, (32, 24), 2, "float32")[0]
+    assert forward_peak(fused, (32, 24), 2, "float32") <= forward_peak(network, (32, 24), 2, "float32")
