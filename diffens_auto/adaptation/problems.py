@@ -39,6 +39,16 @@ class _PaddedSlices:
         before, after = self.pads[self.slice_axis]
         return before, int(padded_shape[self.slice_axis]) - after
 
+    def misfit(self, operator, x0: torch.Tensor, y: torch.Tensor, *, gamma: float, cg_steps: int,
+               tv: dict | None) -> torch.Tensor:
+        """mean |A D(x0) - y|^2 with D the soft estimate (CG), or slab TV-ADMM along the slice axis with `tv`."""
+        if tv is None:
+            estimate = cg_estimate(operator, x0, y, gamma, cg_steps)
+        else:
+            estimate, _ = tv_admm_estimate(operator, x0, y, gamma=gamma, cg_steps=cg_steps, dim=2 + self.slice_axis,
+                                           **tv)
+        return measurement_loss(operator, estimate, y)
+
     def interior(self, slab: torch.Tensor) -> torch.Tensor:
         """The measured in-plane part of a (B, C, ...) slab whose slice axis holds measured slices only."""
         region = [slice(None)] * 5
@@ -66,12 +76,7 @@ class KSpaceSlices(_PaddedSlices):
         (CG, or slab TV-ADMM when `tv` holds rho, lam and admm_steps)."""
         operator, y = self.slab(indices)
         x0 = self.interior(x0_slab)
-        if tv is None:
-            estimate = cg_estimate(operator, x0, y, gamma, cg_steps)
-        else:
-            estimate, _ = tv_admm_estimate(operator, x0, y, gamma=gamma, cg_steps=cg_steps, dim=2 + self.slice_axis,
-                                           **tv)
-        return measurement_loss(operator, estimate, y)
+        return self.misfit(operator, x0, y, gamma=gamma, cg_steps=cg_steps, tv=tv)
 
     def tv_consistency(self, x0_hat: torch.Tensor, *, gamma: float, cg_steps: int, tv: dict,
                        state: TVState | None) -> tuple[torch.Tensor, TVState]:
@@ -143,12 +148,7 @@ class PooledSlices(_PaddedSlices):
         """The adaptation loss on whole blocks: the misfit of the soft estimate of their target (or slab TV-ADMM)."""
         x0 = self.interior(self.to_target(x0_slab, indices))
         operator, y = PooledOperator(self.factor, x0.shape[2:]), self.block_means(indices).to(x0.dtype)
-        if tv is None:
-            estimate = cg_estimate(operator, x0, y, gamma, cg_steps)
-        else:
-            estimate, _ = tv_admm_estimate(operator, x0, y, gamma=gamma, cg_steps=cg_steps, dim=2 + self.slice_axis,
-                                           **tv)
-        return measurement_loss(operator, estimate, y)
+        return self.misfit(operator, x0, y, gamma=gamma, cg_steps=cg_steps, tv=tv)
 
     def tv_consistency(self, target: torch.Tensor, *, gamma: float, cg_steps: int, tv: dict,
                        state: TVState | None) -> tuple[torch.Tensor, TVState]:
