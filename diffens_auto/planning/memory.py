@@ -11,6 +11,8 @@ activation dtype. Parameters and their optimizer state are float32.
 import math
 from dataclasses import dataclass, fields
 
+from .unet_walk import Layer, count_parameters, unet_layers  # noqa: F401 - also this module's API
+
 BYTES_PER_GB = 1024 ** 3
 NORM_BYTES = 4            # GroupNorm, SiLU after it and softmax run in float32 under autocast
 MASK_BYTES = 1            # CUDA dropout keeps a boolean mask
@@ -56,93 +58,12 @@ class MemoryEstimate:
         return parts
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One layer of the U-Net walk: what it consumes and produces, and at which resolution level."""
-
-    kind: str         # input_conv | resblock | attention | downsample | upsample | output
-    level: int        # level of the tensor the layer saves (upsample: the level it upsamples to)
-    in_channels: int  # channels of its input (decoder ResBlocks: h and skip concatenated)
-    out_channels: int
-    out_level: int    # level of its output
-    pushes_skip: bool = False  # its output is kept for a decoder concat
-    pops_skip: int = 0         # channels taken from the skip stack
-
-
 def activation_bytes(dtype: str) -> int:
     """Bytes per element of an activation saved for a conv/linear/matmul in `dtype`."""
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:
         raise ValueError(f"Unknown dtype '{dtype}' for the memory model; use one of {sorted(DTYPE_BYTES)}.") from None
-
-
-def unet_layers(network: dict) -> list[Layer]:
-    """The layers of the network dict's U-Net in execution order."""
-    channels = list(network["channels"])
-    levels = len(channels)
-    attention = set(network.get("attention_levels", []))
-    nrb = network["num_res_blocks"]
-    layers = [Layer("input_conv", 0, network["in_channels"], channels[0], 0, pushes_skip=True)]
-    skips = [channels[0]]
-    ch = channels[0]
-    for level in range(levels):
-        for _ in range(nrb):
-            layers.append(Layer("resblock", level, ch, channels[level], level, pushes_skip=level not in attention))
-            ch = channels[level]
-            if level in attention:
-                layers.append(Layer("attention", level, ch, ch, level, pushes_skip=True))
-            skips.append(ch)
-        if level < levels - 1:
-            layers.append(Layer("downsample", level, ch, ch, level + 1, pushes_skip=True))
-            skips.append(ch)
-    deepest = levels - 1
-    layers.append(Layer("resblock", deepest, ch, ch, deepest))
-    if network.get("mid_attention", False):
-        layers.append(Layer("attention", deepest, ch, ch, deepest))
-    layers.append(Layer("resblock", deepest, ch, ch, deepest))
-    for level in reversed(range(levels)):
-        for i in range(nrb + 1):
-            skip = skips.pop()
-            layers.append(Layer("resblock", level, ch + skip, channels[level], level, pops_skip=skip))
-            ch = channels[level]
-            if level in attention:
-                layers.append(Layer("attention", level, ch, ch, level))
-            if level > 0 and i == nrb:
-                layers.append(Layer("upsample", level - 1, ch, ch, level - 1))
-    layers.append(Layer("output", 0, ch, network["out_channels"], 0))
-    return layers
-
-
-def _conv(kernel_volume: int, cin: int, cout: int) -> int:
-    return kernel_volume * cin * cout + cout
-
-
-def _layer_parameters(layer: Layer, network: dict) -> int:
-    k = network.get("kernel_size", 3) ** network["spatial_dims"]
-    ci, co = layer.in_channels, layer.out_channels
-    if layer.kind in ("input_conv", "downsample", "upsample"):
-        return _conv(k, ci, co)
-    if layer.kind == "resblock":
-        emb = network["time_embed_dim"]
-        skip = _conv(1, ci, co) if ci != co else 0
-        # GN, conv3, Linear(emb -> scale & shift), GN, conv3, optional 1x1 skip conv
-        return 2 * ci + _conv(k, ci, co) + (emb * 2 * co + 2 * co) + 2 * co + _conv(k, co, co) + skip
-    if layer.kind == "attention":
-        return 2 * ci + _conv(1, ci, 3 * ci) + _conv(1, ci, ci)
-    if layer.kind == "output":
-        return 2 * ci + _conv(k, ci, co)
-    raise ValueError(f"unknown layer kind {layer.kind}")
-
-
-def count_parameters(network: dict) -> int:
-    """Exact parameter count of the U-Net a plans `network` dict describes (feature injection included)."""
-    emb, base = network["time_embed_dim"], network["channels"][0]
-    time_embedding = (base * emb + emb) + (emb * emb + emb)  # sinusoid(base) -> Linear -> SiLU -> Linear
-    total = time_embedding + sum(_layer_parameters(layer, network) for layer in unet_layers(network))
-    for entry in network.get("feature_injection", []):
-        total += _conv(math.prod(entry["kernel_size"]), entry["in_channels"], entry["out_channels"])
-    return total
 
 
 def level_voxels(shape, level: int) -> int:
@@ -152,6 +73,10 @@ def level_voxels(shape, level: int) -> int:
 
 def _heads(network: dict, channels: int) -> int:
     return max(1, channels // network.get("num_head_channels", channels))
+
+
+def _sdpa(network: dict) -> bool:
+    return network.get("attention") == "sdpa"     # fused attention: no score matrix
 
 
 def _saved_per_voxel(layer: Layer, network: dict, a: int) -> float:
@@ -167,24 +92,17 @@ def _saved_per_voxel(layer: Layer, network: dict, a: int) -> float:
             saved += ci * a                             # 1x1 skip conv keeps a low-precision copy of x
         return saved
     if layer.kind == "attention":
-        # GN input, qkv-conv input, qkv output (sdpa: its contiguous q, k, v), scaled q and k (materialised) or the
-        # fused kernel's output (sdpa), proj-conv input
-        own = ci * a if _fused(network) else 2 * ci * a
-        return ci * NORM_BYTES + ci * a + 3 * ci * a + own + ci * a
+        # GN input, qkv-conv input, qkv (sdpa: contiguous q, k, v), scaled q and k or sdpa's output, proj input
+        return ci * NORM_BYTES + ci * a + 3 * ci * a + (1 if _sdpa(network) else 2) * ci * a + ci * a
     if layer.kind == "output":
         return ci * (2 * NORM_BYTES + a) + 2 * co * NORM_BYTES   # GN, SiLU, conv; the MSE loss keeps output+target
     raise ValueError(f"unknown layer kind {layer.kind}")
 
 
-def _fused(network: dict) -> bool:
-    """Whether the network's attention is scaled_dot_product_attention (no score matrix)."""
-    return network.get("attention", "materialised") == "sdpa"
-
-
 def _attention_scores(layer: Layer, network: dict, tokens: int, a: int, saved: bool) -> float:
-    """Bytes of one sample's attention scores (tokens^2 x heads): kept for backward, or peak in a forward; fused
-    attention keeps one float32 log-sum-exp per token and head for backward and tiles of scores in a forward."""
-    if _fused(network):
+    """Bytes of one sample's attention scores (tokens^2 x heads): kept for backward, or peak in a forward; sdpa
+    keeps one float32 log-sum-exp per token and head for backward and only tiles of scores in a forward."""
+    if _sdpa(network):
         return tokens * _heads(network, layer.in_channels) * NORM_BYTES if saved else 0.0
     per_score = NORM_BYTES + (a if a != NORM_BYTES else 0)  # float32 softmax output + its cast for the matmul
     if not saved:
@@ -258,9 +176,8 @@ def _forward_transient(layer: Layer, network: dict, shape, a: int) -> float:
         # the float32 SiLU output, conv output and the residual sum
         return max(ci * (2 * a + 2 * NORM_BYTES), ci * a + co * (2 * a + NORM_BYTES)) * n_in
     if layer.kind == "attention":
-        fused = 4 * ci * a if _fused(network) else 0      # the contiguous q, k, v and the kernel's output
-        return ((ci * a + 3 * ci * a + ci * NORM_BYTES + fused) * n_in
-                + _attention_scores(layer, network, n_in, a, saved=False))
+        fused = 4 * ci * a if _sdpa(network) else 0      # sdpa's contiguous q, k, v and output
+        return (4 * ci * a + ci * NORM_BYTES + fused) * n_in + _attention_scores(layer, network, n_in, a, saved=False)
     if layer.kind == "downsample":
         return ci * a * n_in + co * a * n_out
     if layer.kind == "upsample":
