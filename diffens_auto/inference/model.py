@@ -205,7 +205,9 @@ def _set_precision(network, precision, compile_networks: bool = False) -> None:
     with `compile_networks`, a torch.compile'd copy of its network."""
     if hasattr(network, "autocast"):
         network.autocast = precision
-    module = getattr(network, "expert", None) or getattr(network, "ensembler", None)
+    module = getattr(network, "expert", None)
+    if module is None:
+        module = getattr(network, "ensembler", None)
     if compile_networks and hasattr(network, "compiled") and module is not None:
         network.compiled = torch.compile(module)
     for inner in ("strategy", "runner"):
